@@ -1,0 +1,9 @@
+from django.urls import include, path
+
+from loopline.platform import views as platform_views
+
+urlpatterns = [
+    path("healthz", platform_views.healthz, name="healthz"),
+    path("metrics", platform_views.metrics, name="metrics"),
+    path("", include("loopline.ui_urls")),
+]

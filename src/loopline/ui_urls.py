@@ -1,0 +1,11 @@
+"""Routes of the signed-in user interface. Each app adds its own include here."""
+
+from django.urls import include, path
+
+from loopline.prospects import views as prospect_views
+
+urlpatterns = [
+    path("", prospect_views.home, name="home"),
+    path("accounts/", include("loopline.accounts.urls")),
+    path("prospects/", include("loopline.prospects.urls")),
+]
