@@ -225,6 +225,9 @@ def merge_prospects(survivor: Prospect, loser: Prospect, *, actor=None) -> Prosp
     """Move the loser's activities, visitors and tags to the survivor, fill the survivor's blanks, recycle the loser."""
     if survivor.pk == loser.pk or survivor.bu_id != loser.bu_id:
         raise ValidationError("Choose two different prospects of the same business unit")
+    # Work from the committed rows (scores and timestamps move through F() updates elsewhere).
+    survivor = Prospect.objects.select_for_update().get(pk=survivor.pk)
+    loser = Prospect.objects.select_for_update().get(pk=loser.pk)
     fills = {}
     for name in STANDARD_BY_NAME:
         if name == "email":
