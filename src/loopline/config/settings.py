@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "loopline.accounts",
     "loopline.campaigns",
     "loopline.prospects",
+    "loopline.api",
 ]
 
 MIDDLEWARE = [

@@ -1,9 +1,11 @@
 from django.urls import include, path
 
+from loopline.api.views import api
 from loopline.platform import views as platform_views
 
 urlpatterns = [
     path("healthz", platform_views.healthz, name="healthz"),
     path("metrics", platform_views.metrics, name="metrics"),
+    path("api/v1/", api.urls),
     path("", include("loopline.ui_urls")),
 ]

@@ -15,7 +15,7 @@ from loopline.accounts.access import Access
 from loopline.accounts.models import BusinessUnit
 from loopline.platform import audit, events
 
-from .fields import STANDARD_BY_NAME, clean_value, custom_spec, field_specs
+from .fields import STANDARD_BY_NAME, FieldSpec, clean_value, custom_spec, field_specs
 from .models import Activity, ActivityType, CustomField, Prospect, ProspectTag, Tag, Visitor
 
 
@@ -30,21 +30,27 @@ class ProspectValidationError(ValidationError):
         return "; ".join(msg for msgs in self.errors.values() for msg in msgs)
 
 
-def clean_prospect_data(bu: BusinessUnit, data: Mapping[str, Any], *, partial: bool) -> dict[str, Any]:
-    """Validate raw input. Keys are standard field names or custom field api names (optionally "custom.x")."""
-    specs = {spec.key: spec for spec in field_specs(bu.pk)}
+def clean_prospect_data(
+    bu: BusinessUnit, data: Mapping[str, Any], *, partial: bool, specs: Mapping[str, FieldSpec] | None = None
+) -> dict[str, Any]:
+    """Validate raw input. Keys are standard field names or custom field api names (optionally "custom.x").
+
+    ``specs`` (``{spec.key: spec}`` from ``field_specs``) may be passed by bulk callers to load the catalogue once.
+    """
+    if specs is None:
+        specs = {spec.key: spec for spec in field_specs(bu.pk)}
     cleaned: dict[str, Any] = {}
     errors: dict[str, list[str]] = {}
     for key, raw in data.items():
         name = key.removeprefix("custom.")
         spec = specs.get(name)
         if spec is None:
-            errors.setdefault(key, []).append(f"Unknown field '{key}'")
+            errors.setdefault(name, []).append(f"Unknown field '{name}'")
             continue
         try:
             cleaned[spec.name] = clean_value(spec, raw)
         except ValidationError as exc:
-            errors.setdefault(key, []).extend(exc.messages)
+            errors.setdefault(name, []).extend(exc.messages)
     if not partial:
         for spec in specs.values():
             if spec.required and spec.name not in cleaned:
