@@ -11,6 +11,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -124,7 +125,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": sqlite_path,
+            "NAME": str(sqlite_path),
             "OPTIONS": {
                 # IMMEDIATE transactions avoid "database is locked" upgrades; WAL lets readers run beside the writer.
                 "transaction_mode": "IMMEDIATE",
@@ -185,7 +186,7 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS: list[Any] = [BASE_DIR / "static"]
 NODE_MODULES_DIR = REPO_DIR / "node_modules"
 if NODE_MODULES_DIR.exists():
     STATICFILES_DIRS.append(("vendor", NODE_MODULES_DIR))
@@ -195,7 +196,7 @@ MEDIA_ROOT = DATA_DIR / "media"
 
 # --- Email -------------------------------------------------------------------------------------------------------------
 # Django 6.1 mailers. The default SMTP target is the local catcher that `loopline run` starts in embedded mode.
-MAILERS = {
+MAILERS: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": os.environ.get("LOOPLINE_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend"),
         "OPTIONS": {

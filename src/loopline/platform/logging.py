@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import logging.config
+from typing import Any
 
 import structlog
 
 
 def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
-    shared = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -81,7 +81,7 @@ class Prospect(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    tags = models.ManyToManyField("Tag", through="ProspectTag", related_name="prospects", blank=True)
+    tags: models.ManyToManyField = models.ManyToManyField("Tag", through="ProspectTag", related_name="prospects", blank=True)
 
     class Meta:
         ordering = ["-id"]
