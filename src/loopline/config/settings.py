@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "loopline.campaigns",
     "loopline.prospects",
     "loopline.api",
+    "loopline.connector",
 ]
 
 MIDDLEWARE = [
