@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import pytest
 
-from loopline.accounts import services as account_services
-from loopline.accounts.access import Access
-
 PASSWORD = "correct-horse-battery-staple"
 
 
 @pytest.fixture
 def bu(db):
+    from loopline.accounts import services as account_services
+
     return account_services.create_business_unit("Acme Marketing", postal_address="1 Main St, Springfield")
 
 
 @pytest.fixture
 def other_bu(db):
+    from loopline.accounts import services as account_services
+
     return account_services.create_business_unit("Globex Marketing")
 
 
 def _member(bu, email: str, role: str):
+    from loopline.accounts import services as account_services
+
     user = account_services.create_user(email, password=PASSWORD, first_name=role.title())
     account_services.set_membership(bu, user, role)
     return user
@@ -46,16 +49,22 @@ def sales_user(bu):
     return _member(bu, "rep@acme.test", "sales")
 
 
+def _access(user, bu):
+    from loopline.accounts.access import Access
+
+    return Access.for_user(user, bu)
+
+
 @pytest.fixture
 def admin_access(admin_user, bu):
-    return Access.for_user(admin_user, bu)
+    return _access(admin_user, bu)
 
 
 @pytest.fixture
 def sales_access(sales_user, bu):
-    return Access.for_user(sales_user, bu)
+    return _access(sales_user, bu)
 
 
 @pytest.fixture
 def marketing_access(marketing_user, bu):
-    return Access.for_user(marketing_user, bu)
+    return _access(marketing_user, bu)
