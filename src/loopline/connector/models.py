@@ -79,6 +79,7 @@ class CrmLink(models.Model):
     last_read_hash = models.CharField(max_length=64, blank=True)
     last_crm_modstamp = models.DateTimeField(null=True, blank=True)
     last_synced_at = models.DateTimeField(null=True, blank=True)
+    baseline = models.JSONField(default=dict, blank=True, help_text="Field digests at the last sync (engine).")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
