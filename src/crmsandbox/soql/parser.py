@@ -204,9 +204,8 @@ def tokenize(text: str) -> list[Token]:
             while end < n and not text[end].isspace() and text[end] not in "(),'=<>!":
                 end += 1
             raise _malformed(text, i, f"unexpected token: '{text[i:end]}'")
-        if ch.isalpha() or ch == "_":
-            m = _IDENT_RE.match(text, i)
-            assert m is not None
+        m = _IDENT_RE.match(text, i) if (ch.isalpha() or ch == "_") else None
+        if m is not None:  # non-ASCII letters are not identifiers: they fall through to "unexpected token"
             end = m.end()
             if end < n and text[end] == ".":
                 # a dangling dot, e.g. "Owner." -> report what follows

@@ -291,3 +291,9 @@ def test_ids():
     assert normalize_id("001A0000006Vm9rIAC") == "001A0000006Vm9rIAC"
     assert normalize_id("nope") is None
     assert normalize_id("00Q00000000000!") is None
+
+
+def test_non_ascii_letter_is_a_malformed_query_not_a_crash():
+    with pytest.raises(SoqlError) as info:
+        parse("SELECT Id FROM Lead WHERE \u00c0 = 1")
+    assert info.value.error_code == "MALFORMED_QUERY"

@@ -1,0 +1,74 @@
+"""Salesforce record ids: generation, 15→18 checksum, validation.
+
+An id is a 3-char key prefix + 12 base62 chars (15 chars, case-sensitive) + a 3-char checksum suffix
+that encodes the case of the first 15 characters (18 chars, case-insensitive).
+"""
+
+from __future__ import annotations
+
+import re
+
+_SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ID_RE = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-5]{3})?$")
+
+
+def checksum(id15: str) -> str:
+    """The 3-character case-checksum suffix for a 15-character id."""
+    out = []
+    for chunk in range(3):
+        bits = 0
+        for i in range(5):
+            c = id15[chunk * 5 + i]
+            if "A" <= c <= "Z":
+                bits |= 1 << i
+        out.append(_SUFFIX_ALPHABET[bits])
+    return "".join(out)
+
+
+def to18(id15: str) -> str:
+    return id15 + checksum(id15)
+
+
+def make_id(prefix: str, n: int) -> str:
+    """The 18-char id number ``n`` (≥ 0) for a key prefix (deterministic, sortable per prefix)."""
+    digits = []
+    while n:
+        n, r = divmod(n, 62)
+        digits.append(_BASE62[r])
+    body = "".join(reversed(digits)).rjust(12, "0")
+    if len(body) > 12:
+        raise ValueError("id space exhausted")
+    return to18(prefix + body)
+
+
+def normalize(value: object) -> str | None:
+    """Return the canonical 18-char id for a 15- or 18-char id, or None when malformed.
+
+    An 18-char id is case-insensitive: its suffix restores the case of the first 15 characters.
+    """
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        return None
+    if len(value) == 15:
+        return to18(value)
+    if checksum(value[:15]) == value[15:]:
+        return value  # already canonical (the common case)
+    suffix = value[15:].upper()
+    chars = list(value[:15])
+    for chunk in range(3):
+        pos = _SUFFIX_ALPHABET.find(suffix[chunk])
+        if pos < 0:
+            return None
+        for i in range(5):
+            j = chunk * 5 + i
+            c = chars[j]
+            if c.isalpha():
+                chars[j] = c.upper() if pos & (1 << i) else c.lower()
+            elif pos & (1 << i):
+                return None  # suffix claims an uppercase letter where there is a digit
+    id15 = "".join(chars)
+    return id15 + checksum(id15)
+
+
+def prefix_of(record_id: str) -> str:
+    return record_id[:3]

@@ -1,0 +1,1 @@
+from crmsandbox.tests.fixtures import admin_http, own_sandbox, sandbox, sf  # noqa: F401
