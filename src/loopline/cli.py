@@ -10,7 +10,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loopline.config.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(["loopline", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        execute_from_command_line(["loopline", *(sys.argv[1:] if argv is None else argv)])
+    except KeyboardInterrupt:  # Ctrl-C: stop quietly, without a traceback
+        sys.exit(130)
 
 
 if __name__ == "__main__":

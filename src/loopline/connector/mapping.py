@@ -24,13 +24,27 @@ def install_default_mapping(connector: Connector) -> None:
         person = m.crm_field(CrmObject.PERSON_ACCOUNT.value) or ""
         if m.loopline_field in FIXED_SETTING:
             lead = contact = settings.get(FIXED_SETTING[m.loopline_field], "")
-            person = lead[:-3] + "__pc" if lead.endswith("__c") else lead
+            person = _person_field(lead)
         rows.append(FieldMapping(
             connector=connector, loopline_field=m.loopline_field, lead_field=lead, contact_field=contact,
             person_account_field=person, behaviour=m.behaviour.value, fixed=m.fixed,
         ))
     FieldMapping.objects.filter(connector=connector).delete()
     FieldMapping.objects.bulk_create(rows)
+
+
+def _person_field(name: str) -> str:
+    return name[:-3] + "__pc" if name.endswith("__c") else name
+
+
+def apply_fixed_field_names(connector: Connector) -> None:
+    """Point the fixed score/grade/campaign rows at the CRM field names from the settings ([R18])."""
+    settings = connector.settings or {}
+    for field, key in FIXED_SETTING.items():
+        name = str(settings.get(key, "") or "")
+        FieldMapping.objects.filter(connector=connector, loopline_field=field, fixed=True).update(
+            lead_field=name, contact_field=name, person_account_field=_person_field(name)
+        )
 
 
 def load_mappings(connector: Connector) -> tuple[EngineMapping, ...]:

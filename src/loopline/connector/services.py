@@ -130,6 +130,9 @@ def update_settings(access: Access, connector: Connector, changes: dict[str, Any
         raise ValidationError("Poll interval must be ≥ 1 s and not above the maximum interval")
     connector.settings = new
     connector.save(update_fields=["settings", "updated_at"])
+    from . import mapping
+
+    mapping.apply_fixed_field_names(connector)
     before, after = audit.diff(current, new)
     audit.record("connector.update_settings", actor=access.user, bu=access.bu, obj=connector, before=before, after=after)
     return connector

@@ -80,3 +80,17 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in {self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED}
+
+
+class WorkerHeartbeat(models.Model):
+    """A live background worker. Tasks left RUNNING by a worker whose heartbeat stopped are re-queued."""
+
+    worker_id = models.CharField(max_length=64, primary_key=True)
+    kind = models.CharField(max_length=20, default="database")  # database | celery
+    hostname = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.worker_id} ({self.hostname}:{self.pid})"

@@ -69,3 +69,12 @@ def test_connection_settings_refuse_plain_http(admin_access):
     connector = services.create_connector(admin_access)
     with pytest.raises(ValidationError):
         services.update_connection(admin_access, connector, {"login_url": "http://login.example.com"})
+
+
+def test_naming_fixed_fields_points_their_mapping_rows(admin_access):  # [R18]
+    connector = services.create_connector(admin_access)
+    services.update_settings(admin_access, connector, {"score_field": "Loopline_Score__c"})
+    loaded = {m.loopline_field: m for m in mapping.load_mappings(connector)}
+    assert loaded["score"].crm_field("Lead") == "Loopline_Score__c"
+    assert loaded["score"].crm_field("PersonAccount") == "Loopline_Score__pc"
+    assert "grade" not in loaded

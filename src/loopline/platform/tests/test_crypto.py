@@ -12,8 +12,10 @@ def test_round_trip_and_ciphertext_hides_plaintext():
 
 def test_wrong_key_gives_a_clear_error():
     stored = crypto.encrypt("x")
-    with override_settings(FIELD_ENCRYPTION_KEY="another passphrase"), pytest.raises(crypto.DecryptionError,
-                                                                                       match="changed since"):
+    with (
+        override_settings(FIELD_ENCRYPTION_KEY="another passphrase"),
+        pytest.raises(crypto.DecryptionError, match="changed since"),
+    ):
         crypto.decrypt(stored)
     with pytest.raises(crypto.DecryptionError):
         crypto.decrypt("plain text")
