@@ -8,4 +8,5 @@ urlpatterns = [
     path("", prospect_views.home, name="home"),
     path("accounts/", include("loopline.accounts.urls")),
     path("prospects/", include("loopline.prospects.urls")),
+    path("campaigns/", include("loopline.campaigns.urls")),
 ]

@@ -167,18 +167,18 @@ def _login_window_start():
 
 
 def check_login_allowed(email: str, ip: str | None) -> bool:
-    """False once LOGIN_MAX_FAILURES failed attempts were made for this email, or from this IP, inside the window.
+    """False once LOGIN_MAX_FAILURES failed attempts were made for this email, or LOGIN_MAX_FAILURES_PER_IP from this
+    IP (higher: an office shares one address), inside the window.
 
     The answer never depends on whether an account exists, so a lockout reveals nothing.
     """
     from django.conf import settings
 
-    limit = settings.LOGIN_MAX_FAILURES
     recent = LoginAttempt.objects.filter(created_at__gte=_login_window_start())
     email = (email or "").strip().lower()
-    if email and recent.filter(email=email).count() >= limit:
+    if email and recent.filter(email=email).count() >= settings.LOGIN_MAX_FAILURES:
         return False
-    return not (ip and recent.filter(ip=ip).count() >= limit)
+    return not (ip and recent.filter(ip=ip).count() >= settings.LOGIN_MAX_FAILURES_PER_IP)
 
 
 def record_failed_login(email: str, ip: str | None) -> None:

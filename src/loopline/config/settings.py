@@ -158,6 +158,7 @@ if TESTING:
 
 # Login throttling: failed attempts per (email, IP) inside the window before a lockout.
 LOGIN_MAX_FAILURES = int(os.environ.get("LOOPLINE_LOGIN_MAX_FAILURES", "5"))
+LOGIN_MAX_FAILURES_PER_IP = int(os.environ.get("LOOPLINE_LOGIN_MAX_FAILURES_PER_IP", "50"))
 LOGIN_LOCKOUT_SECONDS = int(os.environ.get("LOOPLINE_LOGIN_LOCKOUT_SECONDS", "900"))
 
 # --- Security -------------------------------------------------------------------------------------------------------

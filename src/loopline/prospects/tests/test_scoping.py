@@ -18,7 +18,7 @@ def prospects(bu, other_bu, sales_user, admin_user):
 
 
 def test_sales_sees_only_assigned_prospects(prospects, sales_access):
-    mine, theirs, unassigned, foreign = prospects
+    mine, _theirs, _unassigned, _foreign = prospects
     visible = set(selectors.scoped_prospects(sales_access).values_list("pk", flat=True))
     assert visible == {mine.pk}
 
@@ -38,7 +38,7 @@ def test_admin_sees_whole_bu_but_never_another_bu(prospects, admin_access):
 
 
 def test_member_of_two_bus_sees_each_bu_separately(prospects, bu, other_bu, marketing_user):
-    mine, theirs, unassigned, foreign = prospects
+    _mine, _theirs, _unassigned, foreign = prospects
     account_services.set_membership(other_bu, marketing_user, "sales_manager")
     in_bu = Access.for_user(marketing_user, bu)
     in_other = Access.for_user(marketing_user, other_bu)

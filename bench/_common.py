@@ -1,0 +1,69 @@
+"""Shared set-up for benchmarks: a throw-away data dir and database (SQLite, or a PostgreSQL database created and
+dropped here), Django configured against it and migrated. Progress goes to stderr; one JSON line to stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def bench_environment(database_url: str | None, *, prefix: str):
+    """Yield ``vendor`` ("sqlite" | "postgresql") with Django set up on a fresh, migrated database; clean up after."""
+    tmp = tempfile.mkdtemp(prefix=f"{prefix}-")
+    os.environ["LOOPLINE_DATA_DIR"] = tmp
+    Path(tmp, "static").mkdir()  # STATIC_ROOT, so whitenoise does not warn
+    os.environ.setdefault("LOOPLINE_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loopline.config.settings")
+    os.environ.pop("LOOPLINE_TASK_BACKEND", None)
+    admin_url = None
+    db_name = None
+    if database_url and database_url.startswith(("postgres://", "postgresql://")):
+        import psycopg
+
+        admin_url = database_url
+        db_name = f"{prefix.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{db_name}"')
+        parts = urlsplit(database_url)
+        os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{db_name}"))
+        os.environ.setdefault("SECRET_KEY", "bench-" + uuid.uuid4().hex)
+        log(f"created PostgreSQL database {db_name}")
+    else:
+        os.environ["DATABASE_URL"] = f"sqlite:///{tmp}/bench.sqlite3"
+    try:
+        sys.path.insert(0, str(SRC))
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.db import connection
+
+        log("migrating")
+        call_command("migrate", verbosity=0)
+        yield connection.vendor
+    finally:
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        if admin_url and db_name:
+            import psycopg
+
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+            log(f"dropped {db_name}")
+        shutil.rmtree(tmp, ignore_errors=True)
