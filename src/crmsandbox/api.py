@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from crmsandbox import ids as idlib
+from crmsandbox.describe import DescribeCache
 from crmsandbox.errors import ApiError, RecordError, RecordErrors, not_found
 from crmsandbox.http import Request, Response
 from crmsandbox.metadata import ObjectDef
@@ -51,6 +52,8 @@ class Ctx:
 
 
 Handler = Callable[..., Response]
+#: extensions add entries to ``GET limits/`` (e.g. the Bulk API's DailyBulkApiBatches) with these
+LIMIT_HOOKS: list[Callable[[Ctx], dict[str, dict[str, int]]]] = []
 
 
 class Router:
@@ -130,21 +133,27 @@ def resources(ctx: Ctx, req: Request) -> Response:
     return Response(200, out)
 
 
+def _describe(ctx: Ctx) -> DescribeCache:
+    """The server's describe cache (a private one when the handlers run without a server, e.g. in tests)."""
+    if ctx.server is not None:
+        return ctx.server.describe_cache
+    return DescribeCache(ctx.store.registry)
+
+
 def describe_global(ctx: Ctx, req: Request) -> Response:
-    return Response(200, ctx.server.describe_cache.global_json(ctx.version) if ctx.server else b"")
+    return Response(200, _describe(ctx).global_json(ctx.version))
 
 
 def sobject_basic(ctx: Ctx, req: Request, type: str) -> Response:
     o = _object(ctx, type)
     if req.method == "POST":
         return create_record(ctx, req, o)
-    return Response(200, {"objectDescribe": ctx.server.describe_cache.global_entry(o, ctx.version),
-                          "recentItems": []})
+    return Response(200, {"objectDescribe": _describe(ctx).global_entry(o, ctx.version), "recentItems": []})
 
 
 def describe_object(ctx: Ctx, req: Request, type: str) -> Response:
     o = _object(ctx, type)
-    return Response(200, ctx.server.describe_cache.object_json(o, ctx.version))
+    return Response(200, _describe(ctx).object_json(o, ctx.version))
 
 
 def create_record(ctx: Ctx, req: Request, o: ObjectDef) -> Response:
@@ -293,7 +302,7 @@ def limits(ctx: Ctx, req: Request) -> Response:
     def lim(mx: int, rem: int | None = None) -> dict[str, int]:
         return {"Max": mx, "Remaining": mx if rem is None else rem}
 
-    return Response(200, {
+    out = {
         "ActiveScratchOrgs": lim(3), "AnalyticsExternalDataSizeMB": lim(40960),
         "ConcurrentAsyncGetReportInstances": lim(200), "ConcurrentSyncReportRuns": lim(20),
         "DailyAnalyticsDataflowJobExecutions": lim(60), "DailyApiRequests": lim(limit, max(0, limit - used)),
@@ -305,7 +314,10 @@ def limits(ctx: Ctx, req: Request) -> Response:
         "FileStorageMB": lim(1024), "HourlyAsyncReportRuns": lim(1200), "HourlyDashboardRefreshes": lim(200),
         "HourlyODataCallout": lim(10000), "HourlyPublishedPlatformEvents": lim(50000),
         "HourlySyncReportRuns": lim(500), "MassEmail": lim(5000), "SingleEmail": lim(5000),
-    })
+    }
+    for hook in LIMIT_HOOKS:
+        out.update(hook(ctx))
+    return Response(200, out)
 
 
 # ------------------------------------------------------------------------------------------ collections
@@ -341,7 +353,7 @@ def _run_collection(ctx: Ctx, all_or_none: bool, items: list[Any],
                     errs = e.errors if isinstance(e, RecordErrors) else [e]
                     res: dict[str, Any] = {"success": False,
                                            "errors": [x.as_collection() for x in errs]}
-                    rid = getattr(e, "record_id", None)
+                    rid = e.record_id
                     if rid:
                         res["id"] = rid
                     results.append(res)
@@ -399,7 +411,7 @@ def collections(ctx: Ctx, req: Request) -> Response:
                 store.delete(o, rid, ctx.principal, ctx.client)
                 return {"id": norm, "success": True, "errors": []}
             except (RecordErrors, RecordError) as e:
-                e.record_id = idlib.normalize(rid) or rid  # type: ignore[attr-defined]
+                e.record_id = idlib.normalize(rid) or rid
                 raise
         return _run_collection(ctx, all_or_none, id_list, del_one)
 
@@ -422,7 +434,7 @@ def collections(ctx: Ctx, req: Request) -> Response:
         try:
             store.update(o, rid, body, ctx.principal, ctx.client)
         except (RecordErrors, RecordError) as e:
-            e.record_id = idlib.normalize(rid) or rid  # type: ignore[attr-defined]
+            e.record_id = idlib.normalize(rid) or rid
             raise
         return {"id": idlib.normalize(rid), "success": True, "errors": []}
     return _run_collection(ctx, all_or_none, records, update_one)

@@ -39,7 +39,24 @@ def main() -> None:
     """A Salesforce-REST-compatible CRM sandbox server."""
 
 
-def init_org(path: str, port: int = 8443, host: str = "127.0.0.1") -> dict[str, Any]:
+LOOPLINE_FIELDS: list[dict[str, Any]] = [
+    {"name": "Loopline_Score__c", "type": "double", "label": "Loopline Score"},
+    {"name": "Loopline_Grade__c", "type": "string", "length": 3, "label": "Loopline Grade"},
+    {"name": "Loopline_Campaign__c", "type": "string", "length": 255, "label": "Loopline Campaign"},
+]
+
+
+def add_loopline_fields(cfg: dict[str, Any]) -> None:
+    """Declare Loopline's custom fields on Lead and Contact (person accounts get them as ``__pc``)."""
+    custom = cfg.setdefault("custom_fields", {})
+    for obj in ("Lead", "Contact"):
+        fields = custom.setdefault(obj, [])
+        have = {f["name"].lower() for f in fields}
+        fields.extend(dict(f) for f in LOOPLINE_FIELDS if f["name"].lower() not in have)
+
+
+def init_org(path: str, port: int = 8443, host: str = "127.0.0.1",
+             loopline_fields: bool = False) -> dict[str, Any]:
     """Create a new org in ``path`` (see ``crmsandbox init``); returns the config written."""
     from crmsandbox.certs import make_ca_and_server_cert, make_rsa_keypair_with_cert
     from crmsandbox.store import Store
@@ -51,6 +68,8 @@ def init_org(path: str, port: int = 8443, host: str = "127.0.0.1") -> dict[str, 
     org_id = idlib.make_id("00D", secrets.randbelow(62**6) + 62**5)
     cfg: dict[str, Any] = json.loads(json.dumps(DEFAULT_CONFIG))
     cfg.update({"org_id": org_id, "port": port, "host": host})
+    if loopline_fields:
+        add_loopline_fields(cfg)
     hosts = ("127.0.0.1", "localhost") if host in ("127.0.0.1", "localhost") else (host, "127.0.0.1", "localhost")
     make_ca_and_server_cert(dd.ca_file, dd.ca_key, dd.cert_file, dd.key_file, hosts)
     make_rsa_keypair_with_cert(dd.app_key_file, dd.app_cert_file, "crmsandbox default app")
@@ -99,9 +118,11 @@ def init_org(path: str, port: int = 8443, host: str = "127.0.0.1") -> dict[str, 
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False), help="data directory")
 @click.option("--port", default=8443, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True)
-def init(data: str, port: int, host: str) -> None:
+@click.option("--loopline-fields", is_flag=True, help="declare Loopline_Score__c, Loopline_Grade__c and "
+              "Loopline_Campaign__c on Lead and Contact (and __pc on person accounts)")
+def init(data: str, port: int, host: str, loopline_fields: bool) -> None:
     """Create a new org: users, default connected app, CA + server certificate."""
-    init_org(data, port, host)
+    init_org(data, port, host, loopline_fields)
     click.echo(json.dumps(_info(DataDir(data)), indent=2))
 
 
@@ -278,6 +299,64 @@ def faults(data: str, latency_ms: float | None, jitter_ms: float | None, error_r
         raise click.ClickException(str(e)) from None
     write_json_atomic(dd.faults_file, f.to_dict())
     click.echo(json.dumps(f.to_dict()))
+
+
+#: org settings ``crmsandbox config --set`` may change (others are managed by init/serve/apps)
+SETTABLE = {
+    "loopline_send_url": "URL the web UI's 'Send to Loopline' button POSTs {\"id\", \"object\"} to",
+    "loopline_send_token": "bearer token sent with it (Authorization: Bearer ...)",
+    "session_ttl_seconds": "access token lifetime",
+    "daily_api_limit": "daily API allowance",
+    "org_name": "organisation name",
+    "ui_page_size": "records per page in the web UI lists",
+    "loopline_fields": "true: declare the Loopline custom fields (as init --loopline-fields)",
+}
+
+
+def _parse_setting(raw: str) -> tuple[str, Any]:
+    key, sep, value = raw.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise click.BadParameter(f"expected key=value, got {raw!r}")
+    if key not in SETTABLE:
+        raise click.BadParameter(f"unknown setting {key!r}; settable: {', '.join(sorted(SETTABLE))}")
+    if key in ("session_ttl_seconds", "daily_api_limit", "ui_page_size"):
+        try:
+            return key, int(value)
+        except ValueError:
+            raise click.BadParameter(f"{key} must be an integer") from None
+    if key == "loopline_fields":
+        return key, value.strip().lower() in ("1", "true", "yes", "on")
+    return key, value
+
+
+@main.command("config")
+@click.option("--data", "data", required=True, type=click.Path(file_okay=False))
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="set an org setting (repeatable): " + ", ".join(sorted(SETTABLE)))
+@click.option("--unset", "unset", multiple=True, metavar="KEY", help="remove a setting (repeatable)")
+def config_cmd(data: str, settings: tuple[str, ...], unset: tuple[str, ...]) -> None:
+    """Show or change org settings in config.json (secrets are masked in the output). The web UI reads
+    loopline_send_url/loopline_send_token on every use; other settings apply after restarting ``serve``."""
+    dd = _dd(data)
+    cfg = json.loads(dd.config_file.read_text())
+    parsed = [_parse_setting(s) for s in settings]
+    for key, value in parsed:
+        if key == "loopline_fields":
+            if value:
+                add_loopline_fields(cfg)
+            continue
+        cfg[key] = value
+    for key in unset:
+        if key not in SETTABLE:
+            raise click.BadParameter(f"unknown setting {key!r}")
+        cfg.pop(key, None)
+    if parsed or unset:
+        dd.save_config(cfg)
+    shown = {k: cfg.get(k) for k in SETTABLE if k in cfg}
+    if shown.get("loopline_send_token"):
+        shown["loopline_send_token"] = "***"
+    click.echo(json.dumps(shown, indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ class RecordError(Exception):
         self.message = message
         self.fields = fields or []
         self.status = status
+        self.record_id: str | None = None  # the record a collection item failed on, when known
 
     def as_api(self) -> dict[str, Any]:
         d: dict[str, Any] = {"message": self.message, "errorCode": self.code}
@@ -31,6 +32,7 @@ class RecordErrors(Exception):
     def __init__(self, errors: list[RecordError]):
         super().__init__("; ".join(e.message for e in errors))
         self.errors = errors
+        self.record_id: str | None = None  # the record a collection item failed on, when known
 
     @property
     def status(self) -> int:

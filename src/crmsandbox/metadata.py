@@ -403,8 +403,8 @@ class Registry:
 
     def __init__(self, config: dict[str, Any]):
         self.objects: dict[str, ObjectDef] = {}
-        for o in standard_objects():
-            self.objects[o.name] = o
+        for std in standard_objects():
+            self.objects[std.name] = std
         self.by_lower = {k.lower(): v for k, v in self.objects.items()}
         for obj_name, specs in (config.get("custom_fields") or {}).items():
             o = self.get(obj_name)

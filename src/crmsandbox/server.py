@@ -65,6 +65,8 @@ class SandboxServer:
         self.describe_cache = DescribeCache(self.store.registry)
         self.router = api.ROUTER
         self.extra_routes: list[tuple[re.Pattern[str], Callable[..., Awaitable[Response]]]] = []
+        #: per-server state of mounted extensions (e.g. ``"bulk"``, ``"ui"``)
+        self.extensions: dict[str, Any] = {}
         self.faults = Faults()
         self._faults_mtime: int | None = None
         self._faults_checked = 0.0
@@ -378,6 +380,8 @@ class SandboxServer:
             return self._oauth_error("invalid_grant", "audience is invalid")
         exp = claims.get("exp")
         try:
+            if exp is None:
+                raise ValueError("no exp claim")
             exp_f = float(exp)  # int or numeric string
         except (TypeError, ValueError):
             return self._oauth_error("invalid_grant", "invalid assertion")

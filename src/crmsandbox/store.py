@@ -368,16 +368,16 @@ class Store:
                 num = float(value)
                 if not math.isfinite(num):
                     raise ValueError
-                out = round(num) if not isinstance(value, int) else value
+                num_i = value if isinstance(value, int) else round(num)
             except (TypeError, ValueError, OverflowError):
                 raise RecordError("JSON_PARSER_ERROR",
                                   f"Cannot deserialize instance of int from {_token(value)} value "
                                   f"{json.dumps(value)} or request may be missing a required field",
                                   [f.name]) from None
-            if abs(out) >= 10**18:
+            if abs(num_i) >= 10**18:
                 raise RecordError("NUMBER_OUTSIDE_VALID_RANGE",
                                   f"{label}: value outside of valid range on numeric field: {value}", [f.name])
-            return out
+            return num_i
         if t in ("double", "currency", "percent"):
             try:
                 if isinstance(value, bool):
@@ -998,7 +998,6 @@ class Store:
         if not rows:
             return []
         uid = owner_id or self.admin_user_id()
-        out = []
         cols = list(o.fields)
         derive = o.name in ("Lead", "Contact", "User", "Account", "Group", "Opportunity", "Task", "CampaignMember")
         with self.transaction():
@@ -1017,10 +1016,8 @@ class Store:
             params = []
             first, _ = self._next_id(o)
             self._counters[o.key_prefix] = first + len(rows) - 1
-            prefix = o.key_prefix
-            make = idlib.make_id
-            for rowid, r in enumerate(rows, start=first):
-                new_id = make(prefix, rowid)
+            new_ids = idlib.make_ids(o.key_prefix, first, len(rows))
+            for rowid, new_id, r in zip(range(first, first + len(rows)), new_ids, rows, strict=True):
                 rec = dict(defaults)
                 rec.update(r)
                 rec["Id"] = new_id
@@ -1031,11 +1028,10 @@ class Store:
                 if derive:
                     self._derive(o, rec, None)
                 params.append([rowid, *map(rec.get, cols)])
-                out.append(new_id)
             self.db.executemany(
                 f'INSERT INTO "{o.table}" (rowid, {", ".join(chr(34) + c + chr(34) for c in cols)}) '
                 f'VALUES (?, {", ".join("?" for _ in cols)})', params)
-        return out
+        return new_ids
 
     # --------------------------------------------------------------------------------------- feeds
     def updated_ids(self, obj: str | ObjectDef, start: datetime, end: datetime,
