@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from .soql.ids import normalize_id
+
 _SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ID_RE = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-5]{3})?$")
@@ -83,25 +85,9 @@ def normalize(value: object) -> str | None:
     """
     if not isinstance(value, str) or not _ID_RE.match(value):
         return None
-    if len(value) == 15:
-        return to18(value)
-    if checksum(value[:15]) == value[15:]:
-        return value  # already canonical (the common case)
-    suffix = value[15:].upper()
-    chars = list(value[:15])
-    for chunk in range(3):
-        pos = _SUFFIX_ALPHABET.find(suffix[chunk])
-        if pos < 0:
-            return None
-        for i in range(5):
-            j = chunk * 5 + i
-            c = chars[j]
-            if c.isalpha():
-                chars[j] = c.upper() if pos & (1 << i) else c.lower()
-            elif pos & (1 << i):
-                return None  # suffix claims an uppercase letter where there is a digit
-    id15 = "".join(chars)
-    return id15 + checksum(id15)
+    if len(value) == 18 and checksum(value[:15]) == value[15:]:
+        return value  # already canonical (the common case), with the memoised checksum
+    return normalize_id(value)
 
 
 def prefix_of(record_id: str) -> str:
