@@ -9,4 +9,6 @@ urlpatterns = [
     path("accounts/", include("loopline.accounts.urls")),
     path("prospects/", include("loopline.prospects.urls")),
     path("campaigns/", include("loopline.campaigns.urls")),
+    path("tracking/", include("loopline.tracking.urls")),
+    path("forms/", include("loopline.forms.urls")),
 ]

@@ -79,6 +79,8 @@ INSTALLED_APPS = [
     "loopline.prospects",
     "loopline.api",
     "loopline.connector",
+    "loopline.tracking",
+    "loopline.forms",
 ]
 
 MIDDLEWARE = [
@@ -188,6 +190,10 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
+try:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise expects it, even when serving from finders
+except OSError:
+    pass
 STATICFILES_DIRS: list[Any] = [BASE_DIR / "static"]
 NODE_MODULES_DIR = REPO_DIR / "node_modules"
 if NODE_MODULES_DIR.exists():

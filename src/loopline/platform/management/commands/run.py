@@ -166,6 +166,7 @@ class Command(BaseCommand):
             "--no-crm-sandbox", action="store_true", help="Do not start the demo CRM (crmsandbox) next to Loopline."
         )
         parser.add_argument("--crm-port", type=int, default=8443, help="HTTPS port of the demo CRM (default: 8443).")
+        parser.add_argument("--demo-site-port", type=int, default=8001, help="Port of the demo website (default: 8001).")
         parser.add_argument(
             "--stop-timeout",
             type=float,
@@ -298,6 +299,11 @@ class Command(BaseCommand):
             specs.append(ChildSpec("worker", ["loopline", "worker"], env))
         if not opts["no_scheduler"]:
             specs.append(ChildSpec("scheduler", ["loopline", "scheduler"], env))
+        # Turns staged page-view hits into visitors and activities (a schedule also drains them if this stops).
+        specs.append(ChildSpec("tracking-ingest", ["loopline", "tracking-ingest"], env))
+        if not opts["no_demo"]:
+            # A sample website on another origin, with the tracker and a form, to watch a visit become a prospect.
+            specs.append(ChildSpec("demo-site", ["loopline", "demo-site", "--port", str(opts["demo_site_port"])], env))
         specs.extend(extra_children())
         return specs
 

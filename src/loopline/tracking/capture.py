@@ -1,0 +1,249 @@
+"""The hit capture path: validate, append to the staging table with group commit, acknowledge only durable hits.
+
+Each server process has one writer thread. Request threads hand it their validated rows and wait; the writer takes
+everything queued, writes it in one transaction (one multi-row INSERT, one commit, one fsync) and wakes every waiting
+request with the outcome. Under load many requests share a commit, so throughput grows with concurrency while each
+request still gets its answer only after its hits are on disk. A failed write answers 503 and nothing is acknowledged;
+the tracker retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from . import spool
+from .models import TrackingHit
+
+logger = logging.getLogger("loopline.tracking")
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_HITS_PER_REQUEST = 50
+MAX_URL = 2000
+MAX_TITLE = 255
+HIT_TYPES = {"pageview": 1, "identify": 2}
+WRITE_TIMEOUT_S = 10.0
+
+
+class HitError(ValueError):
+    """A request the capture endpoint rejects as a whole (400)."""
+
+
+def parse_visitor(value) -> str:
+    """A visitor cookie value as 32 lowercase hex digits, or HitError."""
+    if not isinstance(value, str) or len(value) > 40:
+        raise HitError("visitor must be a UUID")
+    try:
+        return uuid.UUID(value).hex
+    except ValueError:
+        raise HitError("visitor must be a UUID") from None
+
+
+_HTTP_URL = re.compile(r"https?://[^\s/?#@]+(?:[/?#][^\x00-\x1f\x7f]*)?")
+
+
+def _http_url(value, limit: int = MAX_URL) -> str | None:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        return None
+    return value if _HTTP_URL.fullmatch(value) else None
+
+
+def _text(value, limit: int) -> str:
+    if not isinstance(value, str):
+        return ""
+    return value.replace("\x00", "")[:limit]
+
+
+def validate_hit(hit, *, now: float) -> dict | None:
+    """The compact form of one hit as stored, or None when the hit is invalid (it is dropped)."""
+    if not isinstance(hit, dict):
+        return None
+    kind = HIT_TYPES.get(hit.get("type", "pageview"))
+    if kind is None:
+        return None
+    row: dict = {"t": kind}
+    if kind == 1:
+        url = _http_url(hit.get("url"))
+        if url is None:
+            return None
+        row["u"] = url
+        if title := _text(hit.get("title"), MAX_TITLE):
+            row["ti"] = title
+        if ref := _http_url(hit.get("referrer")):
+            row["r"] = ref
+    else:
+        token = hit.get("token")
+        if not isinstance(token, str) or not 10 < len(token) < 120:
+            return None
+        row["tk"] = token
+    campaign = hit.get("campaign")
+    if type(campaign) is int and 0 < campaign < 2**62:
+        row["c"] = campaign
+    ts = hit.get("ts")
+    # Client clocks are trusted only within a day in the past and a minute in the future (offline queues).
+    if isinstance(ts, int | float) and not isinstance(ts, bool) and now - 86400 < ts / 1000 < now + 60:
+        row["ts"] = round(ts / 1000, 3)
+    return row
+
+
+def _fsync_enabled() -> bool:
+    value = getattr(settings, "TRACKING_FSYNC", None)
+    if value is None:
+        value = os.environ.get("LOOPLINE_TRACKING_FSYNC", "1") not in ("0", "false", "no")
+    return bool(value)
+
+
+# --- Group-commit writer -------------------------------------------------------------------------------------------
+
+
+class HitWriter:
+    def __init__(self, max_rows_per_commit: int = 20000):
+        self._lock = threading.Condition()
+        self._queue: deque[tuple[list[tuple], Future]] = deque()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._max = max_rows_per_commit
+        self._conn_id: int | None = None
+        self._spool: spool.SpoolWriter | None = None
+
+    def submit(self, rows: list[tuple]) -> Future:
+        fut: Future = Future()
+        with self._lock:
+            self._ensure_thread()
+            self._queue.append((rows, fut))
+            self._lock.notify()
+        return fut
+
+    def write(self, rows: list[tuple], timeout: float = WRITE_TIMEOUT_S) -> None:
+        """Block until ``rows`` are committed (raises on failure or timeout)."""
+        if not rows:
+            return
+        if not getattr(settings, "TRACKING_GROUP_COMMIT", not getattr(settings, "TESTING", False)):
+            self._insert(rows)
+            return
+        self.submit(rows).result(timeout=timeout)
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's thread and queue are not ours
+            self._queue.clear()
+            self._thread = None
+            self._pid = os.getpid()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="loopline-hit-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._lock.wait()
+                batch: list[tuple[list[tuple], Future]] = []
+                count = 0
+                while self._queue and count < self._max:
+                    rows, fut = self._queue.popleft()
+                    batch.append((rows, fut))
+                    count += len(rows)
+            all_rows = [r for rows, _ in batch for r in rows]
+            try:
+                self._insert(all_rows, in_writer_thread=True)
+            except Exception as exc:
+                logger.exception("tracking hit write failed (%d hits not acknowledged)", len(all_rows))
+                with contextlib.suppress(Exception):  # already failing; the next write reconnects
+                    connection.close()
+                for _, fut in batch:
+                    fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    fut.set_result(len(all_rows))
+
+    def _insert(self, rows: list[tuple], *, in_writer_thread: bool = False) -> None:
+        # The writer thread keeps its connection open (it is closed and reopened only after an error).
+        if in_writer_thread and spool.use_spool_files():
+            if self._spool is None or self._spool.pid != os.getpid():
+                self._spool = spool.SpoolWriter(fsync=_fsync_enabled())
+            self._spool.append(rows)
+            return
+        if connection.vendor == "sqlite" and _fsync_enabled() and \
+                not connection.in_atomic_block:
+            connection.ensure_connection()
+            raw = id(connection.connection)
+            if raw != self._conn_id:
+                # FULL: the WAL is fsync'd at every commit, so an acknowledged hit survives a power cut too.
+                connection.connection.execute("PRAGMA synchronous=FULL")
+                self._conn_id = raw
+        table = connection.ops.quote_name(TrackingHit._meta.db_table)
+        sql = f"INSERT INTO {table} (bu_id, cookie, received_at, hits, payload) VALUES (%s, %s, %s, %s, %s)"
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
+
+writer = HitWriter()
+
+
+# --- Per-process rate limiting -------------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Token buckets keyed by a string (an IP, "form:12:ip"...). Per process; cheap; forgets idle keys."""
+
+    def __init__(self):
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+        self._last_sweep = time.monotonic()
+
+    def allow(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            tokens, stamp = self._buckets.get(key, (burst, now))
+            tokens = min(burst, tokens + (now - stamp) * rate)
+            ok = tokens >= cost
+            if ok:
+                tokens -= cost
+            self._buckets[key] = (tokens, now)
+            if now - self._last_sweep > 60 and len(self._buckets) > 10000:
+                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 120}
+                self._last_sweep = now
+            return ok
+
+    def reset(self) -> None:
+        with self._lock:
+            self._buckets.clear()
+
+
+limiter = RateLimiter()
+
+
+def capture(config, body: bytes, *, ip: str, ua: str) -> dict:
+    """Validate a hit request for the tracker ``config`` and store its hits durably. Returns counts for the reply."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise HitError("body must be JSON") from None
+    if not isinstance(data, dict):
+        raise HitError("body must be a JSON object")
+    cookie = parse_visitor(data.get("visitor"))
+    hits = data.get("hits")
+    if hits is None:
+        hits = [data]
+    if not isinstance(hits, list) or not hits:
+        raise HitError("hits must be a non-empty list")
+    if len(hits) > MAX_HITS_PER_REQUEST:
+        raise HitError(f"at most {MAX_HITS_PER_REQUEST} hits per request")
+    now = time.time()
+    valid = [h for h in (validate_hit(hit, now=now) for hit in hits) if h is not None]
+    if valid:
+        payload = json.dumps({"ip": ip, "ua": ua[:500].replace("\x00", ""), "h": valid}, separators=(",", ":"), ensure_ascii=False)
+        # One row per request: the ingester expands its hits.
+        writer.write([(config.bu_id, cookie, now, len(valid), payload)])
+    return {"accepted": len(valid), "rejected": len(hits) - len(valid)}
