@@ -11,4 +11,5 @@ urlpatterns = [
     path("campaigns/", include("loopline.campaigns.urls")),
     path("tracking/", include("loopline.tracking.urls")),
     path("forms/", include("loopline.forms.urls")),
+    path("connector/", include("loopline.connector.urls")),
 ]

@@ -7,6 +7,7 @@ Two profiles:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sys
@@ -190,10 +191,8 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
-try:
+with contextlib.suppress(OSError):
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise expects it, even when serving from finders
-except OSError:
-    pass
 STATICFILES_DIRS: list[Any] = [BASE_DIR / "static"]
 NODE_MODULES_DIR = REPO_DIR / "node_modules"
 if NODE_MODULES_DIR.exists():

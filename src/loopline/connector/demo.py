@@ -77,6 +77,12 @@ def ensure_demo_connector(crm: DemoCrm) -> bool:
         "username": crm.info["integration_user"]["username"],
         "ca_file": crm.info["ca_file"],
     })
+    from .sync import manual
+
+    # The demo CRM's "Send to Loopline" button posts here ([R3]).
+    send_url = f"{settings.PUBLIC_BASE_URL}/connector/{bu.slug}/send-to-loopline"
+    _sandbox("config", "--data", str(crm.data_dir), "--set", f"loopline_send_url={send_url}",
+             "--set", f"loopline_send_token={manual.send_to_loopline_token(connector)}")
     services.update_settings(access, connector, {
         "score_field": "Loopline_Score__c", "grade_field": "Loopline_Grade__c", "campaign_field": "Loopline_Campaign__c",
     })
@@ -95,7 +101,7 @@ def verify_demo_connector() -> str:
     bu = demo.demo_business_unit()
     connector = Connector.objects.filter(bu=bu).first() if bu else None
     admin = User.objects.filter(email=demo.DEMO_ADMIN_EMAIL).first()
-    if connector is None or admin is None:
+    if bu is None or connector is None or admin is None:
         return ""
     if connector.last_verified_at:
         return f"CRM connector: {connector.get_status_display().lower()} (verified)"

@@ -23,7 +23,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "match_by_email_when_no_crm_id": True,  # [R9], CRM-id mode only
     "new_record_object": "Lead",  # [R11]
     "poll_interval_seconds": 5,  # [R22] starting interval; adapts between min and max
-    "max_poll_interval_seconds": 30,
+    "max_poll_interval_seconds": 10,  # idle polling: ≤ 360 calls/hour, CRM → Loopline p50 ≈ 5 s
     "api_share_percent": 20,  # [R27]
     "bulk_threshold": 2000,  # [R23]
     "score_field": "",  # [R18] CRM field names for the fixed fields (empty = not written)
@@ -173,7 +173,9 @@ def verify_connection(access: Access, connector: Connector) -> tuple[bool, str]:
             token.instance_url, token.org_id, token.user_id)
         connector.last_verified_at = timezone.now()
     connector.last_error = "" if ok else message
-    connector.save()
+    # Only what verification learnt: a sync running meanwhile owns api_usage, status and paused_until.
+    connector.save(update_fields=["instance_url", "org_id", "connector_user_id", "last_verified_at", "last_error",
+                                  "updated_at"])
     audit.record("connector.verify", actor=access.user, bu=access.bu, obj=connector, summary=message[:300])
     return ok, message
 

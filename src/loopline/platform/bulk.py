@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db import connections, models, router
+from django.db.models.options import Options
 from django.utils import timezone
 
 
@@ -23,6 +24,19 @@ def _cast(conn, field: models.Field) -> str:
     return f"CAST(%s AS {db_type})" if db_type else "%s"
 
 
+def _column(field: models.Field) -> str:
+    # Only non-concrete fields have no column; these functions write concrete fields only.
+    assert field.column is not None, f"{field} has no database column"
+    return field.column
+
+
+def _concrete_field(opts: Options, name: str) -> models.Field:
+    field = opts.get_field(name)
+    # ``fields`` name attributes of the model's own columns, never reverse relations.
+    assert isinstance(field, models.Field), f"{name} is not a field of {opts.label}"
+    return field
+
+
 def update_columns(model: type[models.Model], values_by_pk: Mapping[Any, Mapping[str, Any]],
                    fields: Sequence[str], *, batch_size: int = 1000) -> int:
     """Set ``fields`` (attribute names) of the rows ``values_by_pk`` names; every row must give every field."""
@@ -30,11 +44,11 @@ def update_columns(model: type[models.Model], values_by_pk: Mapping[Any, Mapping
         return 0
     conn = connections[router.db_for_write(model)]
     opts = model._meta
-    model_fields = [opts.get_field(name) for name in fields]
+    model_fields = [_concrete_field(opts, name) for name in fields]
     table = conn.ops.quote_name(opts.db_table)
-    pk_col = conn.ops.quote_name(opts.pk.column)
+    pk_col = conn.ops.quote_name(_column(opts.pk))
     names = ["pk_", *[f"c{i}" for i in range(len(fields))]]
-    sets = ", ".join(f"{conn.ops.quote_name(f.column)} = v.c{i}" for i, f in enumerate(model_fields))
+    sets = ", ".join(f"{conn.ops.quote_name(_column(f))} = v.c{i}" for i, f in enumerate(model_fields))
     one = "(" + ", ".join([_cast(conn, opts.pk)] + [_cast(conn, f) for f in model_fields]) + ")"
     items = list(values_by_pk.items())
     count = 0
@@ -70,7 +84,7 @@ def insert_rows(model: type[models.Model], rows: Sequence[Mapping[str, Any]], *,
         else:
             defaults[f.attname] = f.get_default()
     table = conn.ops.quote_name(opts.db_table)
-    columns = ", ".join(conn.ops.quote_name(f.column) for f in fields)
+    columns = ", ".join(conn.ops.quote_name(_column(f)) for f in fields)
     one = "(" + ", ".join(["%s"] * len(fields)) + ")"
     conflict = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
     per = max(1, min(batch_size, 30000 // len(fields)))

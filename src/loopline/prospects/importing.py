@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from django.conf import settings
 from django.utils import timezone
@@ -268,7 +268,8 @@ def build_mapping(
     mapping = suggest_mapping(header, specs)
     table = _lookup_table(specs)
     by_column = {_normalise(c): i for i, c in reversed(list(enumerate(header)))}
-    for column, wanted in (overrides or {}).items():
+    chosen: Mapping[str, str] = overrides or {}
+    for column, wanted in chosen.items():
         index = by_column.get(_normalise(column))
         if index is None and str(column).isdigit() and 1 <= int(column) <= len(header):
             index = int(column) - 1
@@ -281,7 +282,7 @@ def build_mapping(
         if key is None:
             raise ImportSetupError(f"Column '{column}' is mapped to '{wanted}', which is not a prospect field")
         for i, existing in enumerate(mapping):
-            if existing == key and i != index and _normalise(header[i]) not in {_normalise(c) for c in overrides}:
+            if existing == key and i != index and _normalise(header[i]) not in {_normalise(c) for c in chosen}:
                 mapping[i] = None  # the explicit choice takes the field from an auto-suggested column
         mapping[index] = key
     seen: dict[str, int] = {}
@@ -325,7 +326,7 @@ class _Rejects:
         self.path = Path(settings.MEDIA_ROOT) / self.relative
         self.count = 0
         self.sample: list[dict] = []
-        self._fh = None
+        self._fh: TextIO | None = None
         self._writer: Any = None
 
     def add(self, number: int, column: str, reason: str, values: Sequence[str]) -> None:

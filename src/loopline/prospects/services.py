@@ -702,7 +702,8 @@ def bulk_upsert_prospects(
     # Who holds each email in a unique-email BU, whatever the caller's scope (the constraint is BU-wide).
     email_owner: dict[str, int] = {}
     if unique_email and emails:
-        email_owner = dict(Prospect.objects.filter(bu_id=bu.pk, email_key__in=emails).values_list("email_key", "pk"))
+        email_owner = {key: pk for key, pk in Prospect.objects.filter(bu_id=bu.pk, email_key__in=emails)
+                       .values_list("email_key", "pk") if key is not None}  # ``__in`` never matches NULL
 
     # 3. Decide each row: create, update, skip or reject.
     template = Prospect(bu=bu)

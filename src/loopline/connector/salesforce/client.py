@@ -148,7 +148,7 @@ class CrmClient:
     def query_pages(self, soql: str, *, include_deleted: bool = False, batch_size: int | None = None
                     ) -> Iterator[dict]:
         """Yield raw result pages, following nextRecordsUrl."""
-        extra = {"headers": {"Sforce-Query-Options": f"batchSize={batch_size}"}} if batch_size else {}
+        extra: dict[str, Any] = {"headers": {"Sforce-Query-Options": f"batchSize={batch_size}"}} if batch_size else {}
         endpoint = "queryAll" if include_deleted else "query"
         page = self.restful(endpoint, params={"q": soql}, **extra)
         while True:

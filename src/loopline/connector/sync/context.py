@@ -1,0 +1,121 @@
+"""What one unit of sync work needs: the connector, a CRM client, the engine's mapping and settings, describes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from django.utils import timezone
+
+from .. import services
+from ..engine import ConnectorSettings, ObjectDescribe
+from ..engine.model import FieldMapping, sobject_name
+from ..mapping import load_mappings
+from ..models import Connector, CrmDescribe
+from ..salesforce.client import CrmClient
+
+DESCRIBE_MAX_AGE = dt.timedelta(hours=24)
+POLLED_OBJECTS = ("Lead", "Contact")
+
+_clients: dict[int, tuple[str, CrmClient]] = {}
+_clients_lock = threading.Lock()
+
+
+def _client_key(connector: Connector) -> str:
+    parts = (connector.login_url, connector.consumer_key, connector.username, connector.api_version,
+             connector.ca_file, connector.private_key)
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+def shared_client(connector: Connector) -> CrmClient:
+    """One client (and access token) per connector and process; rebuilt when the connection settings change.
+    Tokens are re-minted on INVALID_SESSION_ID by the client itself ([R6])."""
+    key = _client_key(connector)
+    with _clients_lock:
+        cached = _clients.get(connector.pk)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        client = services.client_for(connector)
+        _clients[connector.pk] = (key, client)
+        return client
+
+
+def forget_client(connector_id: int) -> None:
+    with _clients_lock:
+        cached = _clients.pop(connector_id, None)
+    if cached is not None:
+        cached[1].close()
+
+
+@dataclass
+class SyncContext:
+    connector: Connector
+    client: CrmClient
+    mappings: tuple[FieldMapping, ...]
+    settings: ConnectorSettings
+    raw_settings: dict[str, Any]
+    calls_at_start: int = 0
+    _describes: dict[str, ObjectDescribe] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, connector: Connector, client: CrmClient | None = None) -> SyncContext:
+        raw = services.settings_of(connector)
+        client = client or shared_client(connector)
+        ctx = cls(
+            connector=connector,
+            client=client,
+            mappings=load_mappings(connector),
+            settings=ConnectorSettings.from_dict(
+                {**raw, "matching_mode": "crm_id" if connector.bu.allow_duplicate_emails else "unique_email"},
+                connector_user_id=connector.connector_user_id,
+            ),
+            raw_settings=raw,
+            calls_at_start=client.usage.calls,
+        )
+        ctx.mappings = ctx.effective_mappings(ctx.mappings)
+        return ctx
+
+    def effective_mappings(self, mappings: tuple[FieldMapping, ...]) -> tuple[FieldMapping, ...]:
+        """The mapping without CRM fields the org does not have (per the describe): a mapped field missing on one
+        object must not break the whole poll. Parent paths (``Account.Name``) are kept."""
+        known: dict[str, set[str]] = {}
+        for object_type in POLLED_OBJECTS:
+            try:
+                known[object_type] = {name.lower() for name in self.describe(object_type).fields}
+            except Exception:
+                return mappings
+        out = []
+        for m in mappings:
+            by_object = {
+                obj: name for obj, name in m.crm_field_by_object.items()
+                if obj not in known or "." in name or name.lower() in known[obj]
+            }
+            out.append(m if len(by_object) == len(m.crm_field_by_object) else replace(m, crm_field_by_object=by_object))
+        return tuple(out)
+
+    @property
+    def api_version(self) -> str:
+        return self.connector.api_version
+
+    @property
+    def calls(self) -> int:
+        """API calls made through this context so far."""
+        return self.client.usage.calls - self.calls_at_start
+
+    def describe(self, object_type: str) -> ObjectDescribe:
+        """Describe metadata for value checks ([R20]), cached in ``CrmDescribe`` for a day."""
+        name = sobject_name(object_type)
+        if name in self._describes:
+            return self._describes[name]
+        row = CrmDescribe.objects.filter(connector=self.connector, object_type=name).first()
+        if row is None or row.fetched_at < timezone.now() - DESCRIBE_MAX_AGE:
+            data = self.client.describe(name)
+            CrmDescribe.objects.update_or_create(connector=self.connector, object_type=name, defaults={"data": data})
+        else:
+            data = row.data
+        described = ObjectDescribe.from_describe(data, object_type=name)
+        self._describes[name] = described
+        return described

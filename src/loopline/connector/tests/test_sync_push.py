@@ -1,0 +1,130 @@
+"""Loopline → CRM: create rules [R11], [R15], matching [R9], idempotency [R25]."""
+
+from __future__ import annotations
+
+from loopline.connector.models import CrmLink, CrmUser, OutboxEntry, SyncRun
+from loopline.prospects import services as prospects
+from loopline.prospects.models import Prospect
+
+from .helpers import drain_all, pending, sync
+
+
+def _count(crm, sobject: str, email: str) -> int:
+    return len(crm.query(f"SELECT Id FROM {sobject} WHERE Email = '{email}'"))
+
+
+def test_assigned_prospect_creates_a_lead_owned_by_the_connector_user(connector, crm, bu, admin_user, unique):
+    # [R11] assigned to a user with no CRM mapping → owned by the connector user; Company/LastName fill-ins [R20]
+    p = prospects.create_prospect(bu, {"email": f"new.{unique}@example.test", "first_name": "Nia"})
+    prospects.assign_prospect(p, admin_user)
+    drain_all(connector)
+    p.refresh_from_db()
+    assert p.crm_lead_id
+    lead = crm.get("Lead", p.crm_lead_id)
+    assert lead["FirstName"] == "Nia" and lead["Company"] == "[not provided]"
+    assert lead["OwnerId"] == connector.connector_user_id
+    assert CrmLink.objects.filter(connector=connector, crm_id=p.crm_lead_id, prospect=p).exists()
+    run = SyncRun.objects.filter(connector=connector, kind="push").first()
+    assert run.counters["created"] == 1 and run.api_calls >= 2
+
+
+def test_assigned_user_with_crm_mapping_owns_the_new_record(connector, crm, bu, admin_user, unique):  # [R11]
+    owner = crm.query("SELECT Id FROM User WHERE Username LIKE 'user1%'")[0]["Id"]
+    CrmUser.objects.create(connector=connector, crm_id=owner, username="user1", user=admin_user)
+    p = prospects.create_prospect(bu, {"email": f"owned.{unique}@example.test", "last_name": "Owned"})
+    prospects.assign_prospect(p, admin_user)
+    drain_all(connector)
+    p.refresh_from_db()
+    assert crm.get("Lead", p.crm_lead_id)["OwnerId"] == owner
+    assert p.crm_owner_id == owner
+
+
+def test_unassigned_prospect_creates_nothing_but_syncs_with_a_match(connector, crm, bu, unique):  # [R11]
+    lonely = prospects.create_prospect(bu, {"email": f"lonely.{unique}@example.test", "last_name": "Alone"})
+    drain_all(connector)
+    lonely.refresh_from_db()
+    assert not lonely.crm_lead_id and _count(crm, "Lead", lonely.email) == 0
+    assert SyncRun.objects.filter(connector=connector, kind="push").first().counters["skipped"] == {"unassigned": 1}
+
+    email = f"matched.{unique}@example.test"
+    lead_id = crm.create("Lead", LastName="Match", Company="Co", Email=email)
+    p = prospects.create_prospect(bu, {"email": email, "job_title": "VP Sales"})
+    drain_all(connector)
+    p.refresh_from_db()
+    assert p.crm_lead_id == lead_id  # [R9] matched by email (case-insensitive)
+    lead = crm.get("Lead", lead_id)
+    assert lead["Title"] == "VP Sales"  # the blank CRM field is filled from Loopline [R17]
+    assert lead["LastName"] == "Match"
+
+
+def test_contact_beats_lead_when_both_match(connector, crm, bu, unique):  # [R9]
+    email = f"both.{unique}@example.test"
+    crm.create("Lead", LastName="Lead", Company="Co", Email=email)
+    contact_id = crm.create("Contact", LastName="Contact", Email=email)
+    p = prospects.create_prospect(bu, {"email": email})
+    drain_all(connector)
+    p.refresh_from_db()
+    assert p.crm_contact_id == contact_id and not p.crm_lead_id
+
+
+def test_do_not_sync_prospect_never_syncs(connector, crm, bu, admin_user, unique):  # [R15]
+    p = prospects.create_prospect(bu, {"email": f"dns.{unique}@example.test", "last_name": "No"})
+    prospects.update_prospect(p, {}, extra={"do_not_sync": True})
+    prospects.assign_prospect(p, admin_user)
+    drain_all(connector)
+    p.refresh_from_db()
+    assert not p.crm_lead_id and _count(crm, "Lead", p.email) == 0
+
+
+def test_rerunning_a_batch_after_a_crash_creates_no_duplicate(connector, crm, bu, admin_user, unique):  # [R25]
+    p = prospects.create_prospect(bu, {"email": f"crash.{unique}@example.test", "last_name": "Crash"})
+    prospects.assign_prospect(p, admin_user)
+    drain_all(connector)
+    p.refresh_from_db()
+    first_id = p.crm_lead_id
+    # Simulate a crash after the CRM created the record but before our commit: the link and ids are gone and the
+    # outbox entry is due again.
+    CrmLink.objects.filter(connector=connector).delete()
+    Prospect.objects.filter(pk=p.pk).update(crm_lead_id="")
+    OutboxEntry.objects.filter(prospect=p).update(status=OutboxEntry.Status.PENDING, locked_until=None)
+    drain_all(connector)
+    p.refresh_from_db()
+    assert p.crm_lead_id == first_id
+    assert _count(crm, "Lead", p.email) == 1
+    # And a replayed poll window applies nothing twice.
+    sync(connector)
+    sync(connector)
+    assert Prospect.objects.filter(bu=bu, email=p.email).count() == 1
+    assert pending(connector) == 0
+
+
+def test_many_prospects_in_one_composite_call(connector, crm, bu, admin_user, unique):  # [R23]
+    ps = [prospects.create_prospect(bu, {"email": f"bulk{i}.{unique}@example.test", "last_name": f"B{i}"})
+          for i in range(30)]
+    for p in ps:
+        prospects.assign_prospect(p, admin_user)
+    drain_all(connector)
+    run = SyncRun.objects.filter(connector=connector, kind="push").first()
+    assert run.counters["created"] == 30
+    assert run.api_calls <= 4  # Lead + Contact describe (first time only), one email lookup, one composite create
+    assert Prospect.objects.filter(pk__in=[p.pk for p in ps]).exclude(crm_lead_id="").count() == 30
+
+
+def test_a_killed_drain_leaves_leased_rows_that_the_next_worker_takes_over(connector, crm, bu, admin_user, unique):
+    # [R25] kill -9 between the claim and the write: the rows stay leased, nobody else pushes them twice at once,
+    # and once the lease runs out the next drain delivers them exactly once.
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from loopline.connector.sync import push
+
+    p = prospects.create_prospect(bu, {"email": f"killed.{unique}@example.test", "last_name": "Killed"})
+    prospects.assign_prospect(p, admin_user)
+    claimed = push.claim(connector)  # the "dead" worker's claim
+    assert list(claimed) == [p.pk]
+    assert push.drain(connector).note == "the outbox is empty"  # leased: not due for anyone else
+    OutboxEntry.objects.filter(prospect=p).update(locked_until=timezone.now() - dt.timedelta(seconds=1))
+    drain_all(connector)
+    p.refresh_from_db()
+    assert p.crm_lead_id and _count(crm, "Lead", p.email) == 1
