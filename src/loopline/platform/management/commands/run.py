@@ -280,7 +280,7 @@ class Command(BaseCommand):
         status = crm_demo.verify_demo_connector()
         connections.close_all()
         return "\n".join([
-            f"Demo CRM (crmsandbox) at {crm.info.get('instance_url', '')}/ — "
+            f"Demo CRM (crmsandbox) at {crm.info.get('instance_url', '')}/ui/ — "
             f"log in as {admin.get('username', '')} / {admin.get('password', '')}",
             status,
         ])
