@@ -12,17 +12,10 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = os.environ.get("LOOPLINE_SCREENSHOTS") == "1"
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 PASSWORD = "correct-horse-battery-staple"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -88,124 +81,119 @@ def _history(connector, bu):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_connector_setup_wizard_against_a_live_sandbox(live_server, sandbox, monkeypatch, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_connector_setup_wizard_against_a_live_sandbox(live_server, browser, sandbox, monkeypatch, tmp_path):
+    from playwright.sync_api import expect
 
     bu = _seed_loopline()
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
-            page = context.new_page()
-            page.set_default_timeout(20_000)
-            page.goto(f"{live_server.url}/accounts/login/")
-            page.get_by_label("Email").fill("alex@acme.test")
-            page.get_by_label("Password").fill(PASSWORD)
-            page.get_by_role("button", name="Sign in").click()
+    context = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.get_by_label("Email").fill("alex@acme.test")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
 
-            # The nav entry (admins only) leads to "Create connector".
-            page.get_by_role("link", name="CRM connector").click()
-            expect(page.get_by_role("heading", name="Connect Acme Marketing to your CRM")).to_be_visible()
-            _shot(page, "connector-create.png")
-            page.get_by_role("button", name="Create connector").click()
-            expect(page.get_by_text("Connector created. It is paused")).to_be_visible()
-            expect(page.locator("#state-badge")).to_have_text("Paused")
-            _shot(page, "connector-setup.png")
+    # The nav entry (admins only) leads to "Create connector".
+    page.get_by_role("link", name="CRM connector").click()
+    expect(page.get_by_role("heading", name="Connect Acme Marketing to your CRM")).to_be_visible()
+    _shot(page, "connector-create.png")
+    page.get_by_role("button", name="Create connector").click()
+    expect(page.get_by_text("Connector created. It is paused")).to_be_visible()
+    expect(page.locator("#state-badge")).to_have_text("Paused")
+    _shot(page, "connector-setup.png")
 
-            # Step 1: download the certificate and register it in the sandbox, as the page explains.
-            with page.expect_download() as download_info:
-                page.get_by_role("link", name="Download certificate").click()
-            cert_path = tmp_path / "loopline.crt"
-            download_info.value.save_as(cert_path)
-            cert = cert_path.read_text()
-            assert cert.startswith("-----BEGIN CERTIFICATE-----")
-            consumer_key = sandbox.add_app("Loopline", cert)
+    # Step 1: download the certificate and register it in the sandbox, as the page explains.
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download certificate").click()
+    cert_path = tmp_path / "loopline.crt"
+    download_info.value.save_as(cert_path)
+    cert = cert_path.read_text()
+    assert cert.startswith("-----BEGIN CERTIFICATE-----")
+    consumer_key = sandbox.add_app("Loopline", cert)
 
-            # Step 2: connection details (a wrong one first: the form says what is wrong).
-            page.get_by_label("Login URL").fill("http://not-https.example")
-            page.get_by_label("Consumer key").fill(consumer_key)
-            page.get_by_label("Connector username").fill(sandbox.integration_username)
-            page.get_by_label("API version").fill("59.0")
-            page.get_by_label("Extra CA file (sandbox only)").fill(sandbox.ca_file)
-            page.get_by_role("button", name="Save connection details").click()
-            expect(page.get_by_text("The login URL must start with https://")).to_be_visible()
-            page.get_by_label("Login URL").fill(sandbox.login_url)
-            page.get_by_role("button", name="Save connection details").click()
-            expect(page.get_by_text("Connection details saved")).to_be_visible()
+    # Step 2: connection details (a wrong one first: the form says what is wrong).
+    page.get_by_label("Login URL").fill("http://not-https.example")
+    page.get_by_label("Consumer key").fill(consumer_key)
+    page.get_by_label("Connector username").fill(sandbox.integration_username)
+    page.get_by_label("API version").fill("59.0")
+    page.get_by_label("Extra CA file (sandbox only)").fill(sandbox.ca_file)
+    page.get_by_role("button", name="Save connection details").click()
+    expect(page.get_by_text("The login URL must start with https://")).to_be_visible()
+    page.get_by_label("Login URL").fill(sandbox.login_url)
+    page.get_by_role("button", name="Save connection details").click()
+    expect(page.get_by_text("Connection details saved")).to_be_visible()
 
-            # Step 3: verify (htmx swaps the result in place).
-            page.get_by_role("button", name="Verify connection").click()
-            expect(page.locator("#verify-result")).to_contain_text("Connection works.", timeout=30_000)
-            expect(page.locator("#verify-result")).to_contain_text(sandbox.integration_username)
-            page.locator("#verify").scroll_into_view_if_needed()
-            _shot(page, "connector-verify.png")
+    # Step 3: verify (htmx swaps the result in place).
+    page.get_by_role("button", name="Verify connection").click()
+    expect(page.locator("#verify-result")).to_contain_text("Connection works.", timeout=30_000)
+    expect(page.locator("#verify-result")).to_contain_text(sandbox.integration_username)
+    page.locator("#verify").scroll_into_view_if_needed()
+    _shot(page, "connector-verify.png")
 
-            # The status page: paused, auto-refreshing.
-            page.get_by_role("link", name="Status", exact=True).click()
-            expect(page.locator("#status-state")).to_have_text("Paused")
-            expect(page.get_by_text("Recent sync runs")).to_be_visible()
-            expect(page.locator("#status-panel")).to_have_attribute("hx-trigger", "every 5s")
+    # The status page: paused, auto-refreshing.
+    page.get_by_role("link", name="Status", exact=True).click()
+    expect(page.locator("#status-state")).to_have_text("Paused")
+    expect(page.get_by_text("Recent sync runs")).to_be_visible()
+    expect(page.locator("#status-panel")).to_have_attribute("hx-trigger", "every 5s")
 
-            from loopline.connector.models import Connector
+    from loopline.connector.models import Connector
 
-            connector = Connector.objects.get(bu=bu)
-            assert connector.status == "paused" and connector.last_verified_at is not None
-            _history(connector, bu)
-            page.reload()
-            expect(page.locator(".bar-chart rect")).to_have_count(24)
-            _shot(page, "connector-status.png", full_page=True)
+    connector = Connector.objects.get(bu=bu)
+    assert connector.status == "paused" and connector.last_verified_at is not None
+    _history(connector, bu)
+    page.reload()
+    expect(page.locator(".bar-chart rect")).to_have_count(24)
+    _shot(page, "connector-status.png", full_page=True)
 
-            # Settings.
-            page.get_by_role("link", name="Settings", exact=True).click()
-            expect(page.get_by_text("Matching mode")).to_be_visible()
-            _shot(page, "connector-settings.png")
-            page.get_by_label("CRM field for the prospect score").fill("Loopline_Score__c")
-            page.get_by_role("button", name="Save settings").click()
-            expect(page.get_by_text("Settings saved.")).to_be_visible()
+    # Settings.
+    page.get_by_role("link", name="Settings", exact=True).click()
+    expect(page.get_by_text("Matching mode")).to_be_visible()
+    _shot(page, "connector-settings.png")
+    page.get_by_label("CRM field for the prospect score").fill("Loopline_Score__c")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.get_by_text("Settings saved.")).to_be_visible()
 
-            # Field mapping: fixed fields read-only, a custom field mapped from the describe data.
-            page.get_by_role("link", name="Field mapping").click()
-            expect(page.get_by_text("does not resync existing records")).to_be_visible()
-            page.get_by_label("Loopline custom field").select_option(label="Seats")
-            page.get_by_label("Lead field").select_option("Description")
-            page.get_by_role("button", name="Add mapping").click()
-            expect(page.get_by_text("Seats is now mapped")).to_be_visible()
-            _shot(page, "connector-mapping.png", full_page=True)
+    # Field mapping: fixed fields read-only, a custom field mapped from the describe data.
+    page.get_by_role("link", name="Field mapping").click()
+    expect(page.get_by_text("does not resync existing records")).to_be_visible()
+    page.get_by_label("Loopline custom field").select_option(label="Seats")
+    page.get_by_label("Lead field").select_option("Description")
+    page.get_by_role("button", name="Add mapping").click()
+    expect(page.get_by_text("Seats is now mapped")).to_be_visible()
+    _shot(page, "connector-mapping.png", full_page=True)
 
-            # Sync errors.
-            page.get_by_role("link", name="Sync errors").click()
-            expect(page.get_by_text("REQUIRED_FIELD_MISSING")).to_be_visible()
-            _shot(page, "connector-errors.png")
-            page.once("dialog", lambda dialog: dialog.accept())
-            page.get_by_role("row", name="li.wei@initech.example").get_by_role("button", name="Dismiss").click()
-            expect(page.get_by_text("Error dismissed.")).to_be_visible()
+    # Sync errors.
+    page.get_by_role("link", name="Sync errors").click()
+    expect(page.get_by_text("REQUIRED_FIELD_MISSING")).to_be_visible()
+    _shot(page, "connector-errors.png")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("row", name="li.wei@initech.example").get_by_role("button", name="Dismiss").click()
+    expect(page.get_by_text("Error dismissed.")).to_be_visible()
 
-            # Users, campaigns and import.
-            page.get_by_role("link", name="Users, campaigns and import").click()
-            expect(page.get_by_text("B2BMA Integration User").first).to_be_visible()
-            _shot(page, "connector-metadata.png", full_page=True)
+    # Users, campaigns and import.
+    page.get_by_role("link", name="Users, campaigns and import").click()
+    expect(page.get_by_text("B2BMA Integration User").first).to_be_visible()
+    _shot(page, "connector-metadata.png", full_page=True)
 
-            # Resume with confirmation; the badge follows.
-            page.once("dialog", lambda dialog: dialog.accept())
-            page.locator(".head-actions").get_by_role("button", name="Resume syncing").click()
-            expect(page.locator("#state-badge")).to_have_text("Active")
-            connector.refresh_from_db()
-            assert connector.status == "active"
-            page.once("dialog", lambda dialog: dialog.accept())
-            page.locator(".head-actions").get_by_role("button", name="Pause syncing").click()
-            expect(page.locator("#state-badge")).to_have_text("Paused")
-            context.close()
+    # Resume with confirmation; the badge follows.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator(".head-actions").get_by_role("button", name="Resume syncing").click()
+    expect(page.locator("#state-badge")).to_have_text("Active")
+    connector.refresh_from_db()
+    assert connector.status == "active"
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator(".head-actions").get_by_role("button", name="Pause syncing").click()
+    expect(page.locator("#state-badge")).to_have_text("Paused")
+    context.close()
 
-            # A marketer has no nav entry and gets 403.
-            other = browser.new_page()
-            other.goto(f"{live_server.url}/accounts/login/")
-            other.get_by_label("Email").fill("sam@acme.test")
-            other.get_by_label("Password").fill(PASSWORD)
-            other.get_by_role("button", name="Sign in").click()
-            expect(other.get_by_role("link", name="CRM connector")).to_have_count(0)
-            response = other.goto(f"{live_server.url}/connector/")
-            assert response is not None and response.status == 403
-        finally:
-            browser.close()
+    # A marketer has no nav entry and gets 403.
+    other = browser.new_page()
+    other.goto(f"{live_server.url}/accounts/login/")
+    other.get_by_label("Email").fill("sam@acme.test")
+    other.get_by_label("Password").fill(PASSWORD)
+    other.get_by_role("button", name="Sign in").click()
+    expect(other.get_by_role("link", name="CRM connector")).to_have_count(0)
+    response = other.goto(f"{live_server.url}/connector/")
+    assert response is not None and response.status == 403

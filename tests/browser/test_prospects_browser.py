@@ -13,17 +13,10 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = os.environ.get("LOOPLINE_SCREENSHOTS") == "1"
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 PASSWORD = "correct-horse-battery-staple"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
-]
 
 FIRST = ["Ana", "Ben", "Chloé", "David", "Elif", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kara", "Liam", "Maya",
          "Noah", "Olga", "Pablo", "Quinn", "Rosa", "Sami", "Tara", "Uma", "Victor", "Wen", "Yusuf", "Zoe"]
@@ -104,117 +97,112 @@ def _shot(page, name):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_login_list_search_open_and_edit_a_prospect(live_server, monkeypatch):
-    from playwright.sync_api import expect, sync_playwright
+def test_login_list_search_open_and_edit_a_prospect(live_server, browser, monkeypatch):
+    from playwright.sync_api import expect
 
     target = _seed()
     target_pk = target.pk
     # playwright's sync API runs an event loop in this thread; our ORM calls below happen outside page actions.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 860})
-            page.set_default_timeout(15_000)
+    page = browser.new_page(viewport={"width": 1366, "height": 860})
+    page.set_default_timeout(15_000)
 
-            # Sign in through the login page.
-            page.goto(f"{live_server.url}/")
-            expect(page).to_have_url(f"{live_server.url}/accounts/login/?next=/")
-            expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-            page.get_by_label("Email").fill("alex@acme.test")
-            page.get_by_label("Password").fill("wrong password")
-            page.get_by_role("button", name="Sign in").click()
-            expect(page.get_by_text("don't match")).to_be_visible()
-            page.get_by_label("Email").fill("alex@acme.test")
-            page.get_by_label("Password").fill("")
-            _shot(page, "login.png")
-            page.get_by_label("Password").fill(PASSWORD)
-            page.get_by_role("button", name="Sign in").click()
+    # Sign in through the login page.
+    page.goto(f"{live_server.url}/")
+    expect(page).to_have_url(f"{live_server.url}/accounts/login/?next=/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Email").fill("alex@acme.test")
+    page.get_by_label("Password").fill("wrong password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text("don't match")).to_be_visible()
+    page.get_by_label("Email").fill("alex@acme.test")
+    page.get_by_label("Password").fill("")
+    _shot(page, "login.png")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
 
-            # The prospect list.
-            expect(page.get_by_role("heading", name="Prospects", exact=True)).to_be_visible()
-            expect(page.locator("#result-count")).to_contain_text("of 37")
-            rows = page.locator("#prospect-table tbody tr")
-            expect(rows).to_have_count(37)
-            _shot(page, "prospect-list.png")
+    # The prospect list.
+    expect(page.get_by_role("heading", name="Prospects", exact=True)).to_be_visible()
+    expect(page.locator("#result-count")).to_contain_text("of 37")
+    rows = page.locator("#prospect-table tbody tr")
+    expect(rows).to_have_count(37)
+    _shot(page, "prospect-list.png")
 
-            # Live search (htmx replaces the table as you type) and the URL follows.
-            page.get_by_label("Search").press_sequentially("doe", delay=40)
-            expect(rows).to_have_count(1)
-            expect(rows.first).to_contain_text("jane.doe@globex.example")
-            expect(page).to_have_url(f"{live_server.url}/prospects/?q=doe", timeout=5_000)
+    # Live search (htmx replaces the table as you type) and the URL follows.
+    page.get_by_label("Search").press_sequentially("doe", delay=40)
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("jane.doe@globex.example")
+    expect(page).to_have_url(f"{live_server.url}/prospects/?q=doe", timeout=5_000)
 
-            # Sort by score through the column header.
-            page.get_by_label("Search").fill("")
-            page.get_by_label("Search").press("Backspace")
-            expect(rows).to_have_count(37)
-            page.get_by_role("link", name="Score").click()
-            expect(page.locator("th[aria-sort=ascending]")).to_contain_text("Score")
-            expect(page).to_have_url(f"{live_server.url}/prospects/?sort=score")
-            # A filter change keeps the sort chosen on the header.
-            page.get_by_label("Grade").select_option("A-")
-            expect(page).to_have_url(f"{live_server.url}/prospects/?grade=A-&sort=score")
-            expect(page.locator("th[aria-sort=ascending]")).to_contain_text("Score")
-            expect(rows).not_to_have_count(37)
-            filtered = rows.count()
-            page.get_by_label("Grade").select_option("")
-            expect(page).to_have_url(f"{live_server.url}/prospects/?sort=score")
-            expect(rows).to_have_count(37)
-            # Back restores the previous list state as a whole page (htmx history restore), not a bare table.
-            page.go_back()
-            expect(page).to_have_url(f"{live_server.url}/prospects/?grade=A-&sort=score")
-            expect(page.get_by_label("Grade")).to_have_value("A-")
-            expect(page.locator("nav.sidenav")).to_have_count(1)
-            expect(rows).to_have_count(filtered)
-            page.get_by_role("link", name="Prospects", exact=True).click()
-            expect(page).to_have_url(f"{live_server.url}/prospects/")
-            expect(rows).to_have_count(37)
+    # Sort by score through the column header.
+    page.get_by_label("Search").fill("")
+    page.get_by_label("Search").press("Backspace")
+    expect(rows).to_have_count(37)
+    page.get_by_role("link", name="Score").click()
+    expect(page.locator("th[aria-sort=ascending]")).to_contain_text("Score")
+    expect(page).to_have_url(f"{live_server.url}/prospects/?sort=score")
+    # A filter change keeps the sort chosen on the header.
+    page.get_by_label("Grade").select_option("A-")
+    expect(page).to_have_url(f"{live_server.url}/prospects/?grade=A-&sort=score")
+    expect(page.locator("th[aria-sort=ascending]")).to_contain_text("Score")
+    expect(rows).not_to_have_count(37)
+    filtered = rows.count()
+    page.get_by_label("Grade").select_option("")
+    expect(page).to_have_url(f"{live_server.url}/prospects/?sort=score")
+    expect(rows).to_have_count(37)
+    # Back restores the previous list state as a whole page (htmx history restore), not a bare table.
+    page.go_back()
+    expect(page).to_have_url(f"{live_server.url}/prospects/?grade=A-&sort=score")
+    expect(page.get_by_label("Grade")).to_have_value("A-")
+    expect(page.locator("nav.sidenav")).to_have_count(1)
+    expect(rows).to_have_count(filtered)
+    page.get_by_role("link", name="Prospects", exact=True).click()
+    expect(page).to_have_url(f"{live_server.url}/prospects/")
+    expect(rows).to_have_count(37)
 
-            # Open the prospect.
-            page.get_by_label("Search").fill("jane.doe@")
-            page.get_by_label("Search").press("e")  # keyup triggers the live search
-            page.get_by_label("Search").press("Backspace")
-            expect(rows).to_have_count(1)
-            rows.first.get_by_role("link").click()
-            expect(page.locator("#prospect-name")).to_have_text("Jane Doe")
-            expect(page.locator("#timeline")).to_contain_text("Demo request")
-            expect(page.locator("#tags")).to_contain_text("Hot lead")
-            # Add a tag without reloading.
-            page.get_by_placeholder("Add a tag…").fill("Budget approved")
-            page.locator("#tags").get_by_role("button", name="Add").click()
-            expect(page.locator("#tags")).to_contain_text("Budget approved")
-            _shot(page, "prospect-detail.png")
+    # Open the prospect.
+    page.get_by_label("Search").fill("jane.doe@")
+    page.get_by_label("Search").press("e")  # keyup triggers the live search
+    page.get_by_label("Search").press("Backspace")
+    expect(rows).to_have_count(1)
+    rows.first.get_by_role("link").click()
+    expect(page.locator("#prospect-name")).to_have_text("Jane Doe")
+    expect(page.locator("#timeline")).to_contain_text("Demo request")
+    expect(page.locator("#tags")).to_contain_text("Hot lead")
+    # Add a tag without reloading.
+    page.get_by_placeholder("Add a tag…").fill("Budget approved")
+    page.locator("#tags").get_by_role("button", name="Add").click()
+    expect(page.locator("#tags")).to_contain_text("Budget approved")
+    _shot(page, "prospect-detail.png")
 
-            # Edit a field and save.
-            page.get_by_role("link", name="Edit", exact=True).click()
-            expect(page.get_by_role("heading", name="Edit Jane Doe")).to_be_visible()
-            page.get_by_label("Job title").fill("Head of Procurement")
-            page.get_by_label("Seats").fill("-3")
-            page.get_by_role("button", name="Save changes").click()
-            expect(page.get_by_text("Seats: must be at least 1")).to_be_visible()
-            expect(page.get_by_label("Job title")).to_have_value("Head of Procurement")  # input kept
-            page.get_by_label("Seats").fill("40")
-            page.get_by_role("button", name="Save changes").click()
+    # Edit a field and save.
+    page.get_by_role("link", name="Edit", exact=True).click()
+    expect(page.get_by_role("heading", name="Edit Jane Doe")).to_be_visible()
+    page.get_by_label("Job title").fill("Head of Procurement")
+    page.get_by_label("Seats").fill("-3")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_text("Seats: must be at least 1")).to_be_visible()
+    expect(page.get_by_label("Job title")).to_have_value("Head of Procurement")  # input kept
+    page.get_by_label("Seats").fill("40")
+    page.get_by_role("button", name="Save changes").click()
 
-            # The new value is on the detail page, with the change summary and a fresh "Updated" time.
-            expect(page.locator("#prospect-name")).to_have_text("Jane Doe")
-            expect(page.get_by_text("Saved. Changed:")).to_contain_text("Job title")
-            expect(page.locator("[data-field=job_title] dd")).to_have_text("Head of Procurement")
-            expect(page.locator("[data-field='custom.seats'] dd")).to_have_text("40")
+    # The new value is on the detail page, with the change summary and a fresh "Updated" time.
+    expect(page.locator("#prospect-name")).to_have_text("Jane Doe")
+    expect(page.get_by_text("Saved. Changed:")).to_contain_text("Job title")
+    expect(page.locator("[data-field=job_title] dd")).to_have_text("Head of Procurement")
+    expect(page.locator("[data-field='custom.seats'] dd")).to_have_text("40")
 
-            # The admin's users page (for the guide).
-            page.get_by_role("link", name="Users and roles").click()
-            expect(page.get_by_role("heading", name="Users and roles")).to_be_visible()
-            expect(page.get_by_role("cell", name="tom@acme.test", exact=True)).to_be_visible()
-            _shot(page, "users.png")
+    # The admin's users page (for the guide).
+    page.get_by_role("link", name="Users and roles").click()
+    expect(page.get_by_role("heading", name="Users and roles")).to_be_visible()
+    expect(page.get_by_role("cell", name="tom@acme.test", exact=True)).to_be_visible()
+    _shot(page, "users.png")
 
-            # Sign out.
-            page.locator(".user-menu summary").click()
-            page.get_by_role("button", name="Sign out").click()
-            expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-        finally:
-            browser.close()
+    # Sign out.
+    page.locator(".user-menu summary").click()
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
 
     from loopline.prospects.models import Prospect
 

@@ -7,19 +7,11 @@ localhost) from Loopline's live server: CORS, the first-party cookie and the ifr
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "correct-horse-battery-staple"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
-]
 
 
 def _free_port() -> int:
@@ -49,19 +41,6 @@ def _setup(live_url: str, *, require_consent: bool = False):
     server = demo.make_server(port, base_url=live_url, tracker_key=config.key, form_key=form.key)
     demo.serve_in_thread(server)
     return bu, origin, server
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.mark.django_db(transaction=True)

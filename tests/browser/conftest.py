@@ -1,0 +1,40 @@
+"""Browser tests: Debian's chromium driven by playwright (never a downloaded browser build).
+
+Every test here is marked ``browser`` and skipped when /usr/bin/chromium is missing (``make test`` installs it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+# No background networking: this machine's closed network refuses Chromium's update and sync connections.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = pytest.mark.skip(reason="Debian's chromium is not installed")
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.browser)
+            if not Path(CHROMIUM).exists():
+                item.add_marker(missing)
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """A headless Chromium. Playwright's sync API runs an event loop in the test's thread, hence the async-unsafe
+    allowance for the ORM calls the tests make between page actions."""
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
