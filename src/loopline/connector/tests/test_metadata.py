@@ -178,7 +178,8 @@ def test_scheduled_task_syncs_verified_connectors(sandbox_connector):
 # --- The pages ---------------------------------------------------------------------------------------------------
 
 
-def test_refresh_button_and_user_sync_page(client, admin_user, sandbox_connector, bu):
+def test_refresh_button_and_user_sync_page(client, admin_user, sandbox_connector, bu, crm):
+    crm.create("Campaign", Name=f"Refresh page {uuid.uuid4().hex[:6]}", Status="Planned")  # not left to other tests
     client.login(username=admin_user.email, password=PASSWORD)
     response = client.post(reverse("connector:metadata_refresh"), follow=True)
     page = response.content.decode()
