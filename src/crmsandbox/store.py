@@ -1034,20 +1034,26 @@ class Store:
         return new_ids
 
     # --------------------------------------------------------------------------------------- feeds
-    def updated_ids(self, obj: str | ObjectDef, start: datetime, end: datetime,
-                    principal: Principal | None) -> dict[str, Any]:
-        """``sobjects/{Type}/updated``: ids with SystemModstamp in [start, end) (minutes granularity)."""
-        o = obj if isinstance(obj, ObjectDef) else self.require_object(obj)
-        start, end, latest = self._feed_window(start, end, days=30)
-        sql = (f'SELECT "Id" FROM "{o.table}" WHERE "SystemModstamp" >= ? AND "SystemModstamp" < ? '
-               f'AND "IsDeleted"=0')
-        params: list[Any] = [format_dt(start), format_dt(end)]
+    def _feed_rows(self, o: ObjectDef, start: datetime, end: datetime, *, deleted: bool,
+                   principal: Principal | None) -> list[tuple]:
+        """(Id, SystemModstamp) of the live or deleted records changed in [start, end), as the principal sees them."""
+        sql = (f'SELECT "Id", "SystemModstamp" FROM "{o.table}" WHERE "SystemModstamp" >= ? AND '
+               f'"SystemModstamp" < ? AND "IsDeleted"=?')
+        params: list[Any] = [format_dt(start), format_dt(end), 1 if deleted else 0]
         if principal is not None and not principal.view_all and o.has_owner:
             sql += ' AND "OwnerId"=?'
             params.append(principal.user_id)
         rows = self.db.execute(sql + ' ORDER BY "SystemModstamp" LIMIT 600001', params).fetchall()
         if len(rows) > 600000:
             raise RecordError("EXCEEDED_ID_LIMIT", "too many ids were requested", status=400)
+        return rows
+
+    def updated_ids(self, obj: str | ObjectDef, start: datetime, end: datetime,
+                    principal: Principal | None) -> dict[str, Any]:
+        """``sobjects/{Type}/updated``: ids with SystemModstamp in [start, end) (minutes granularity)."""
+        o = obj if isinstance(obj, ObjectDef) else self.require_object(obj)
+        start, end, latest = self._feed_window(start, end, days=30)
+        rows = self._feed_rows(o, start, end, deleted=False, principal=principal)
         return {"ids": [r[0] for r in rows], "latestDateCovered": format_dt(latest)}
 
     def deleted_records(self, obj: str | ObjectDef, start: datetime, end: datetime,
@@ -1055,15 +1061,7 @@ class Store:
         """``sobjects/{Type}/deleted``: records soft-deleted in [start, end)."""
         o = obj if isinstance(obj, ObjectDef) else self.require_object(obj)
         start, end, latest = self._feed_window(start, end, days=15)
-        sql = (f'SELECT "Id", "SystemModstamp" FROM "{o.table}" WHERE "SystemModstamp" >= ? AND '
-               f'"SystemModstamp" < ? AND "IsDeleted"=1')
-        params: list[Any] = [format_dt(start), format_dt(end)]
-        if principal is not None and not principal.view_all and o.has_owner:
-            sql += ' AND "OwnerId"=?'
-            params.append(principal.user_id)
-        rows = self.db.execute(sql + ' ORDER BY "SystemModstamp" LIMIT 600001', params).fetchall()
-        if len(rows) > 600000:
-            raise RecordError("EXCEEDED_ID_LIMIT", "too many ids were requested", status=400)
+        rows = self._feed_rows(o, start, end, deleted=True, principal=principal)
         earliest = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=15)
         return {"deletedRecords": [{"id": r[0], "deletedDate": r[1]} for r in rows],
                 "earliestDateAvailable": format_dt(earliest), "latestDateCovered": format_dt(latest)}
