@@ -718,14 +718,19 @@ def ingest_jobs(ctx: api.Ctx, req: Request) -> Response:
     return Response(200, svc.list_jobs(ctx, "ingest"))
 
 
-def ingest_job(ctx: api.Ctx, req: Request, id: str) -> Response:
+def _job(ctx: api.Ctx, req: Request, id: str, kind: str) -> Response:
+    """GET job info, PATCH its state, DELETE it — the same for ingest and query jobs."""
     svc = _service(ctx)
     if req.method == "GET":
-        return Response(200, svc.public(svc._load(id, ctx.principal, "ingest")))
+        return Response(200, svc.public(svc._load(id, ctx.principal, kind)))
     if req.method == "PATCH":
-        return Response(200, svc.public(svc.set_state(ctx, id, "ingest", req.json()), full=False))
-    svc.delete_job(ctx, id, "ingest")
+        return Response(200, svc.public(svc.set_state(ctx, id, kind, req.json()), full=False))
+    svc.delete_job(ctx, id, kind)
     return Response(204)
+
+
+def ingest_job(ctx: api.Ctx, req: Request, id: str) -> Response:
+    return _job(ctx, req, id, "ingest")
 
 
 def ingest_batches(ctx: api.Ctx, req: Request, id: str) -> Response:
@@ -746,13 +751,7 @@ def query_jobs(ctx: api.Ctx, req: Request) -> Response:
 
 
 def query_job(ctx: api.Ctx, req: Request, id: str) -> Response:
-    svc = _service(ctx)
-    if req.method == "GET":
-        return Response(200, svc.public(svc._load(id, ctx.principal, "query")))
-    if req.method == "PATCH":
-        return Response(200, svc.public(svc.set_state(ctx, id, "query", req.json()), full=False))
-    svc.delete_job(ctx, id, "query")
-    return Response(204)
+    return _job(ctx, req, id, "query")
 
 
 def query_results(ctx: api.Ctx, req: Request, id: str) -> Response:
