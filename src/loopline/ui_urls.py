@@ -9,7 +9,12 @@ urlpatterns = [
     path("accounts/", include("loopline.accounts.urls")),
     path("prospects/", include("loopline.prospects.urls")),
     path("campaigns/", include("loopline.campaigns.urls")),
+    path("reports/", include("loopline.campaigns.report_urls")),
     path("tracking/", include("loopline.tracking.urls")),
     path("forms/", include("loopline.forms.urls")),
     path("connector/", include("loopline.connector.urls")),
+    path("emails/", include("loopline.emails.urls")),
+    path("scoring/", include("loopline.qualification.urls")),
+    path("automation/", include("loopline.automation.urls")),
+    path("notifications/", include("loopline.notifications.urls")),
 ]

@@ -82,6 +82,10 @@ INSTALLED_APPS = [
     "loopline.connector",
     "loopline.tracking",
     "loopline.forms",
+    "loopline.emails",
+    "loopline.qualification",
+    "loopline.automation",
+    "loopline.notifications",
 ]
 
 MIDDLEWARE = [

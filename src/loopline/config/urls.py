@@ -10,5 +10,6 @@ urlpatterns = [
     path("", include("loopline.connector.urls_public")),
     path("", include("loopline.tracking.public_urls")),
     path("", include("loopline.forms.public_urls")),
+    path("", include("loopline.emails.public_urls")),
     path("", include("loopline.ui_urls")),
 ]

@@ -47,6 +47,17 @@ class Prospect(models.Model):
     grade = models.CharField(max_length=2, default="D")
     last_activity_at = models.DateTimeField(null=True, blank=True)
 
+    # Lifecycle stage dates ([M36]): set once, never moved backwards (campaigns.services owns the writes).
+    mql_at = models.DateTimeField(null=True, blank=True, help_text="Became marketing-qualified.")
+    sql_at = models.DateTimeField(null=True, blank=True, help_text="Became sales-qualified (assigned or synced).")
+    opportunity_at = models.DateTimeField(null=True, blank=True, help_text="First opportunity created.")
+    won_at = models.DateTimeField(null=True, blank=True, help_text="First opportunity won.")
+
+    # Mailability ([M26]): emails.services owns the writes.
+    email_undeliverable = models.BooleanField(default=False, help_text="Hard bounce or too many soft bounces.")
+    soft_bounce_count = models.PositiveSmallIntegerField(default=0)
+    email_bounced_at = models.DateTimeField(null=True, blank=True)
+
     opted_out = models.BooleanField(default=False)
     do_not_email = models.BooleanField(default=False)
     do_not_call = models.BooleanField(default=False)
