@@ -15,6 +15,7 @@ urlpatterns = [
     path("connector/", include("loopline.connector.urls")),
     path("emails/", include("loopline.emails.urls")),
     path("scoring/", include("loopline.qualification.urls")),
+    path("automation/programs/", include("loopline.automation.programs.urls")),
     path("automation/", include("loopline.automation.urls")),
     path("notifications/", include("loopline.notifications.urls")),
 ]

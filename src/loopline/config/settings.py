@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "loopline.emails",
     "loopline.qualification",
     "loopline.automation",
+    "loopline.automation.programs",
     "loopline.notifications",
 ]
 
