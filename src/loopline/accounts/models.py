@@ -136,8 +136,13 @@ class Membership(models.Model):
 
 
 class LoginAttempt(models.Model):
-    """Failed logins per (email, ip), for throttling."""
+    """Failed logins (and password-reset requests) per (email, ip), for throttling."""
 
+    class Kind(models.TextChoices):
+        FAILED_LOGIN = "login", "Failed sign-in"
+        PASSWORD_RESET = "reset", "Password reset request"
+
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.FAILED_LOGIN)
     email = models.CharField(max_length=254, db_index=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

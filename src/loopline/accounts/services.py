@@ -174,7 +174,7 @@ def check_login_allowed(email: str, ip: str | None) -> bool:
     """
     from django.conf import settings
 
-    recent = LoginAttempt.objects.filter(created_at__gte=_login_window_start())
+    recent = LoginAttempt.objects.filter(kind=LoginAttempt.Kind.FAILED_LOGIN, created_at__gte=_login_window_start())
     email = (email or "").strip().lower()
     if email and recent.filter(email=email).count() >= settings.LOGIN_MAX_FAILURES:
         return False
@@ -189,7 +189,27 @@ def record_failed_login(email: str, ip: str | None) -> None:
 
 def clear_failed_logins(email: str, ip: str | None = None) -> None:
     """After a successful sign-in, forget that email's failures (and that IP's failures for the email)."""
-    LoginAttempt.objects.filter(email=(email or "").strip().lower()).delete()
+    LoginAttempt.objects.filter(kind=LoginAttempt.Kind.FAILED_LOGIN, email=(email or "").strip().lower()).delete()
+
+
+def allow_password_reset(email: str, ip: str | None) -> bool:
+    """Count a password-reset request; False when this email or IP asked too often in the last hour.
+
+    A refused request still shows the usual "check your inbox" page, so throttling reveals nothing; it only stops
+    someone from flooding a person's inbox (or our mail reputation) with reset emails.
+    """
+    from django.conf import settings
+    from django.utils import timezone
+
+    since = timezone.now() - dt.timedelta(hours=1)
+    email = (email or "").strip().lower()[:254]
+    recent = LoginAttempt.objects.filter(kind=LoginAttempt.Kind.PASSWORD_RESET, created_at__gte=since)
+    allowed = recent.filter(email=email).count() < settings.PASSWORD_RESET_MAX_PER_EMAIL and not (
+        ip and recent.filter(ip=ip).count() >= settings.PASSWORD_RESET_MAX_PER_IP
+    )
+    LoginAttempt.objects.create(kind=LoginAttempt.Kind.PASSWORD_RESET, email=email, ip=ip or None)
+    LoginAttempt.objects.filter(kind=LoginAttempt.Kind.PASSWORD_RESET, created_at__lt=since).delete()
+    return allowed
 
 
 # --- Business-unit switching and member administration (called by the UI) ------------------------------------------

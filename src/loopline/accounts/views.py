@@ -43,6 +43,12 @@ class PasswordResetView(auth_views.PasswordResetView):
     subject_template_name = "accounts/email/password_reset_subject.txt"
     success_url = reverse_lazy("accounts:password_reset_done")
 
+    def form_valid(self, form):
+        # Throttled requests get the same answer as sent ones; only the email is skipped.
+        if not services.allow_password_reset(form.cleaned_data["email"], client_ip(self.request)):
+            return redirect(self.get_success_url())
+        return super().form_valid(form)
+
 
 class PasswordResetDoneView(auth_views.PasswordResetDoneView):
     template_name = "accounts/password_reset_done.html"

@@ -168,6 +168,8 @@ if TESTING:
 LOGIN_MAX_FAILURES = int(os.environ.get("LOOPLINE_LOGIN_MAX_FAILURES", "5"))
 LOGIN_MAX_FAILURES_PER_IP = int(os.environ.get("LOOPLINE_LOGIN_MAX_FAILURES_PER_IP", "50"))
 LOGIN_LOCKOUT_SECONDS = int(os.environ.get("LOOPLINE_LOGIN_LOCKOUT_SECONDS", "900"))
+PASSWORD_RESET_MAX_PER_EMAIL = int(os.environ.get("LOOPLINE_PASSWORD_RESET_MAX_PER_EMAIL", "3"))
+PASSWORD_RESET_MAX_PER_IP = int(os.environ.get("LOOPLINE_PASSWORD_RESET_MAX_PER_IP", "20"))
 
 # --- Security -------------------------------------------------------------------------------------------------------
 HTTPS = env_bool("LOOPLINE_HTTPS", PROFILE == "scale")

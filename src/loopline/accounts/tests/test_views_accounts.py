@@ -141,6 +141,22 @@ def test_password_reset_for_unknown_email_sends_nothing_but_looks_the_same(clien
     assert len(mail.outbox) == 0
 
 
+def test_password_reset_requests_are_throttled_per_email_without_revealing_it(client, admin_user, settings):
+    settings.PASSWORD_RESET_MAX_PER_EMAIL = 2
+    answers = [client.post("/accounts/password/reset/", {"email": "admin@acme.test"}) for _ in range(4)]
+    # Every request gets the same "check your inbox" answer; only the first two send an email.
+    assert {(r.status_code, r["Location"]) for r in answers} == {(302, "/accounts/password/reset/sent/")}
+    assert len(mail.outbox) == 2
+
+
+def test_password_reset_requests_are_throttled_per_ip(client, admin_user, settings):
+    settings.PASSWORD_RESET_MAX_PER_IP = 3
+    for i in range(3):
+        client.post("/accounts/password/reset/", {"email": f"someone{i}@acme.test"})
+    client.post("/accounts/password/reset/", {"email": "admin@acme.test"})
+    assert len(mail.outbox) == 0
+
+
 def test_password_change(client, admin_user):
     client.force_login(admin_user)
     assert client.get("/accounts/password/change/").status_code == 200
