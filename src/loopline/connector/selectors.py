@@ -146,3 +146,10 @@ def api_calls_since(connector: Connector, since: dt.datetime) -> int:
 
 def last_poll_at(connector: Connector) -> dt.datetime | None:
     return Watermark.objects.filter(connector=connector).aggregate(m=Max("last_poll_at"))["m"]
+
+
+def fields_mapped_to_crm(bu_id: int) -> set[str]:
+    """Loopline field names ("email", "custom.region") a connector of this BU maps to CRM fields."""
+    from .models import FieldMapping
+
+    return set(FieldMapping.objects.filter(connector__bu_id=bu_id).values_list("loopline_field", flat=True))

@@ -181,3 +181,8 @@ def _unindexed(key: str):
     if key.startswith("-"):
         return F(name).desc(nulls_last=True)
     return F(name).asc(nulls_first=True)
+
+
+def custom_value_count(bu, cf) -> int:
+    """How many live or recycled prospects of the BU hold a value for this custom field."""
+    return Prospect.objects.filter(bu=bu, custom__has_key=cf.api_name).count()

@@ -359,6 +359,38 @@ def save_custom_field(access: Access, data: Mapping[str, Any], instance: CustomF
     return cf
 
 
+def delete_custom_field(access: Access, cf: CustomField) -> int:
+    """Delete a custom field and its values on every prospect of the BU; returns how many prospects had a value.
+
+    Refused while the CRM connector maps the field: the mapping must go first, or the next sync would fail.
+    """
+    from loopline.connector import selectors as connector_selectors
+
+    access.require("settings.delete")
+    if f"custom.{cf.api_name}" in connector_selectors.fields_mapped_to_crm(access.bu.pk):
+        raise ValidationError(
+            f"{cf.name} is mapped to a CRM field. Remove it from the connector's field mapping first."
+        )
+    with transaction.atomic():
+        holders = Prospect.objects.filter(bu=access.bu, custom__has_key=cf.api_name)
+        count = 0
+        while True:  # in batches: a BU can hold millions of prospects
+            rows = list(holders.order_by("pk").values_list("pk", "custom")[:2000])
+            if not rows:
+                break
+            objs = []
+            for pk, custom in rows:
+                custom.pop(cf.api_name, None)
+                objs.append(Prospect(pk=pk, custom=custom))
+            Prospect.objects.bulk_update(objs, ["custom"])
+            count += len(rows)
+        before = {"name": cf.name, "api_name": cf.api_name, "type": cf.type, "prospects_with_value": count}
+        cf.delete()
+        audit.record("custom_field.delete", actor=access.user, bu=access.bu, object_type="custom field",
+                     object_id=cf.pk or "", summary=f"Deleted custom field {before['name']}", before=before)
+    return count
+
+
 # --- Activities ------------------------------------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ urlpatterns = [
     path("fields/", views.custom_fields, name="custom_fields"),
     path("fields/new/", views.custom_field_form, name="custom_field_create"),
     path("fields/<int:field_id>/", views.custom_field_form, name="custom_field_edit"),
+    path("fields/<int:field_id>/delete/", views.custom_field_delete, name="custom_field_delete"),
     # Import and export (import_views.py)
     path("import/", import_views.import_start, name="import"),
     path("import/<int:job_id>/", import_views.import_job, name="import_job"),

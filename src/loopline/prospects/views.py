@@ -419,6 +419,21 @@ def custom_fields(request):
     return render(request, "prospects/custom_fields.html", {"fields": fields})
 
 
+@member_required("settings.delete")
+def custom_field_delete(request, field_id: int):
+    cf = get_object_or_404(CustomField, pk=field_id, bu=request.access.bu)
+    if request.method == "POST":
+        try:
+            count = services.delete_custom_field(request.access, cf)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+            return redirect("prospects:custom_field_edit", field_id=cf.pk)
+        messages.success(request, f"Custom field {cf.name} deleted (values removed from {count} prospects).")
+        return redirect("prospects:custom_fields")
+    return render(request, "prospects/custom_field_delete.html", {
+        "field": cf, "value_count": selectors.custom_value_count(request.access.bu, cf)})
+
+
 @member_required("settings.edit")
 def custom_field_form(request, field_id: int | None = None):
     access = request.access

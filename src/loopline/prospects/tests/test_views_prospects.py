@@ -464,3 +464,40 @@ def test_custom_field_of_other_bu_is_404(client, admin_user, other_bu):
     cf = CustomField.objects.create(bu=other_bu, name="X", api_name="x")
     client.force_login(admin_user)
     assert client.get(f"/prospects/fields/{cf.pk}/").status_code == 404
+
+
+def test_custom_field_delete_removes_values_and_is_audited(client, admin_user, bu, other_bu):
+    cf = CustomField.objects.create(bu=bu, name="Region", api_name="region")
+    keep = Prospect.objects.create(bu=bu, email="a@acme.test", custom={"region": "EMEA", "other": "x"})
+    unaffected = Prospect.objects.create(bu=other_bu, email="a@acme.test", custom={"region": "AMER"})
+    client.force_login(admin_user)
+    page = client.get(f"/prospects/fields/{cf.pk}/delete/")
+    assert page.status_code == 200 and b"<strong>1</strong> prospect holds a value" in page.content
+    response = client.post(f"/prospects/fields/{cf.pk}/delete/")
+    assert response.status_code == 302
+    assert not CustomField.objects.filter(pk=cf.pk).exists()
+    keep.refresh_from_db()
+    unaffected.refresh_from_db()
+    assert keep.custom == {"other": "x"}
+    assert unaffected.custom == {"region": "AMER"}  # another BU's data is untouched
+    log = AuditLog.objects.get(action="custom_field.delete")
+    assert log.before["prospects_with_value"] == 1
+
+
+def test_custom_field_mapped_to_crm_cannot_be_deleted(client, admin_user, bu):
+    from loopline.connector.models import Connector, FieldMapping
+
+    cf = CustomField.objects.create(bu=bu, name="Region", api_name="region")
+    FieldMapping.objects.create(connector=Connector.objects.create(bu=bu), loopline_field="custom.region",
+                                lead_field="Region__c")
+    client.force_login(admin_user)
+    response = client.post(f"/prospects/fields/{cf.pk}/delete/", follow=True)
+    assert b"mapped to a CRM field" in response.content
+    assert CustomField.objects.filter(pk=cf.pk).exists()
+
+
+def test_custom_field_delete_needs_delete_ability(client, marketing_user, bu):
+    cf = CustomField.objects.create(bu=bu, name="Region", api_name="region")
+    client.force_login(marketing_user)
+    assert client.post(f"/prospects/fields/{cf.pk}/delete/").status_code == 403
+    assert CustomField.objects.filter(pk=cf.pk).exists()
