@@ -155,3 +155,7 @@ def custom_fields(request):
 
 
 api.add_router("/", router)
+
+from loopline.automation.api import router as lists_router  # noqa: E402  (after the prospects router: path order)
+
+api.add_router("/", lists_router)
