@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from django import forms
+
+from .models import Email
+
+
+class EmailForm(forms.ModelForm):
+    class Meta:
+        model = Email
+        fields = ["name", "purpose", "subject", "sender", "from_name", "from_email", "from_user", "reply_to",
+                  "body_format", "body", "text_body", "campaign"]
+        widgets = {"body": forms.Textarea(attrs={"rows": 18, "class": "code", "spellcheck": "false"}),
+                   "text_body": forms.Textarea(attrs={"rows": 6})}
+        labels = {"from_name": "From name", "from_email": "From address", "body_format": "Written in",
+                  "text_body": "Text version (optional)"}
+
+    def __init__(self, *args, bu=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        from loopline.accounts.models import User
+        from loopline.campaigns.models import Campaign
+
+        self.fields["from_user"].queryset = User.objects.filter(memberships__bu=bu).order_by("email")
+        self.fields["from_user"].required = False
+        self.fields["campaign"].queryset = Campaign.objects.filter(bu=bu)
+        self.fields["campaign"].required = False
+        self.fields["body"].help_text = (
+            "Merge fields: {{ prospect.first_name|default('there', true) }}, {{ account.name }}, {{ user.full_name }}, "
+            "{{ bu.name }}, {% if prospect.company %}…{% endif %}, {{ dynamic('key') }}. Marketing email needs "
+            "{{ unsubscribe_url }} and {{ preferences_url }}.")
+
+
+class ListSendForm(forms.Form):
+    include = forms.MultipleChoiceField(label="Send to lists", widget=forms.CheckboxSelectMultiple)
+    exclude = forms.MultipleChoiceField(label="Suppression lists (never send to)", required=False,
+                                        widget=forms.CheckboxSelectMultiple)
+    scheduled_at = forms.DateTimeField(label="Send at (UTC, empty: now)", required=False,
+                                       widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+
+    def __init__(self, *args, lists=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        choices = [(str(pl.pk), f"{pl.name} ({pl.member_count})") for pl in lists]
+        self.fields["include"].choices = choices
+        self.fields["exclude"].choices = choices

@@ -1,0 +1,201 @@
+"""Signed-in email pages: emails, editor, preview as a prospect, test sends, list sends with progress, reports,
+and the demo inbox."""
+
+from __future__ import annotations
+
+import email as email_lib
+import email.policy
+import json
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+
+from loopline.accounts.decorators import member_required
+from loopline.prospects.models import Prospect
+from loopline.prospects.selectors import scoped_prospects
+
+from . import selectors, services
+from .forms import EmailForm, ListSendForm
+from .models import CapturedMessage, Email, EmailSend
+
+
+@member_required("emails.view")
+def email_list(request):
+    bu = request.access.bu
+    sends = list(selectors.sends(bu).exclude(kind="test")[:30])
+    for s in sends:
+        s.counts = services.send_counts(s.pk)
+    return render(request, "emails/list.html", {"emails": selectors.emails(bu), "sends": sends})
+
+
+@member_required("emails.create")
+def email_edit(request, pk: int | None = None):
+    access = request.access
+    obj = get_object_or_404(Email, pk=pk, bu=access.bu) if pk else None
+    initial = {} if obj else {"body": DEFAULT_BODY, "from_email": access.user.email,
+                              "from_name": access.bu.name, "subject": "News from {{ bu.name }}"}
+    form = EmailForm(request.POST or None, instance=obj, bu=access.bu, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            saved = services.save_email(access, form.cleaned_data, instance=obj)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, "Email saved.")
+            return redirect("emails:preview", pk=saved.pk)
+    return render(request, "emails/edit.html", {"form": form, "obj": obj})
+
+
+def _prospect_choice(request, access, value):
+    if not value:
+        return None
+    try:
+        return scoped_prospects(access).get(pk=int(value))
+    except (ValueError, Prospect.DoesNotExist):
+        return None
+
+
+@member_required("emails.view")
+def email_preview(request, pk: int):
+    access = request.access
+    obj = get_object_or_404(Email, pk=pk, bu=access.bu)
+    prospect = _prospect_choice(request, access, request.GET.get("prospect") or request.POST.get("prospect"))
+    query = (request.GET.get("q") or "").strip()
+    candidates = scoped_prospects(access).filter(email__icontains=query)[:20] if query else \
+        scoped_prospects(access)[:20]
+    error = ""
+    rendered = None
+    try:
+        rendered = services.preview(access, obj, prospect)
+    except ValidationError as exc:
+        error = " ".join(exc.messages)
+    test_to = request.POST.get("to") or access.user.email
+    if request.method == "POST":
+        try:
+            delivery = services.send_test(access, obj, test_to, prospect)
+            messages.success(request, f"Test sent to {delivery.address}.")
+            return redirect(f"{request.path}?prospect={prospect.pk if prospect else ''}")
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
+    return render(request, "emails/preview.html", {
+        "obj": obj, "prospect": prospect, "candidates": candidates, "q": query, "error": error,
+        "subject": rendered[0] if rendered else "", "html": rendered[1] if rendered else "",
+        "text": rendered[2] if rendered else "", "test_to": test_to}, status=400 if error else 200)
+
+
+@member_required("emails.create")
+def email_send(request, pk: int):
+    from loopline.automation.selectors import lists
+
+    access = request.access
+    obj = get_object_or_404(Email, pk=pk, bu=access.bu)
+    form = ListSendForm(request.POST or None, lists=lists(access.bu))
+    if request.method == "POST" and form.is_valid():
+        when = form.cleaned_data.get("scheduled_at")
+        try:
+            send = services.create_list_send(access, obj, [int(x) for x in form.cleaned_data["include"]],
+                                             [int(x) for x in form.cleaned_data["exclude"]],
+                                             scheduled_at=when if when is not None and when > timezone.now() else None)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, "Send scheduled." if send.status == "scheduled" and send.scheduled_at
+                             and send.scheduled_at > timezone.now() else "Sending started.")
+            return redirect("emails:send_detail", pk=send.pk)
+    return render(request, "emails/send.html", {"obj": obj, "form": form})
+
+
+def _send_or_404(access, pk: int) -> EmailSend:
+    return get_object_or_404(EmailSend.objects.select_related("email"), pk=pk, bu=access.bu)
+
+
+@member_required("emails.view")
+def send_detail(request, pk: int):
+    access = request.access
+    send = _send_or_404(access, pk)
+    if request.method == "POST" and request.POST.get("action") == "cancel":
+        try:
+            services.cancel_send(access, send)
+            messages.success(request, "The send is cancelled.")
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        return redirect("emails:send_detail", pk=send.pk)
+    report = selectors.report([send.pk], access.bu.pk)
+    template = "emails/_progress.html" if request.htmx else "emails/send_detail.html"
+    return render(request, template, {"send": send, "counts": services.send_counts(send.pk), "report": report,
+                                      "chart": json.dumps(_chart(report))})
+
+
+def _chart(report: dict) -> dict:
+    return {"labels": ["Sent", "Delivered", "Bounced", "Unique opens (human)", "Unique clicks (human)",
+                       "Unsubscribes", "Complaints"],
+            "values": [report["sent"], report["delivered"], report["hard_bounces"] + report["soft_bounces"],
+                       report["opens_unique_human"], report["clicks_unique_human"], report["unsubscribes"],
+                       report["complaints"]]}
+
+
+@member_required("reports.view")
+def campaign_report(request, campaign_id: int):
+    from loopline.campaigns.models import Campaign
+
+    access = request.access
+    campaign = get_object_or_404(Campaign, pk=campaign_id, bu=access.bu)
+    ids = selectors.campaign_send_ids(access.bu, campaign.pk)
+    report = selectors.report(ids, access.bu.pk)
+    return render(request, "emails/campaign_report.html", {"campaign": campaign, "report": report,
+                                                           "chart": json.dumps(_chart(report))})
+
+
+@member_required("emails.view")
+def inbox(request):
+    return render(request, "emails/inbox.html", {"rows": CapturedMessage.objects.all()[:200]})
+
+
+def _parts(raw: str) -> tuple[dict, str, str]:
+    msg = email_lib.message_from_string(raw, policy=email.policy.default)
+    html_part = msg.get_body(("html",))
+    text_part = msg.get_body(("plain",))
+    html = html_part.get_content() if html_part is not None else ""
+    text = text_part.get_content() if text_part is not None else ""
+    headers = {k: str(v) for k, v in msg.items()}
+    return headers, html, text
+
+
+@member_required("emails.view")
+def inbox_message(request, pk: int):
+    row = get_object_or_404(CapturedMessage, pk=pk)
+    try:
+        headers, html, text = _parts(row.raw)
+    except Exception:
+        raise Http404("This message cannot be shown") from None
+    # Links open in a new tab; the message runs in a sandboxed frame without scripts.
+    html = html.replace("<head>", '<head><base target="_blank">', 1) if "<head>" in html else \
+        '<base target="_blank">' + html
+    return render(request, "emails/inbox_message.html", {"row": row, "headers": headers, "html": html,
+                                                         "text": text})
+
+
+DEFAULT_BODY = """<mjml>
+  <mj-body background-color="#f4f4f7">
+    <mj-section background-color="#ffffff">
+      <mj-column>
+        <mj-text font-size="18px">Hello {{ prospect.first_name|default("there", true) }},</mj-text>
+        <mj-text>{% if prospect.company %}Teams at {{ account.name }} {% else %}Teams like yours {% endif %}use our
+          new reports to save hours every week.</mj-text>
+        <mj-button href="https://www.example.com/reports">See the new reports</mj-button>
+        <mj-text>{{ user.full_name|default(bu.name, true) }}</mj-text>
+      </mj-column>
+    </mj-section>
+    <mj-section>
+      <mj-column>
+        <mj-text font-size="11px" color="#666666" align="center">
+          <a href="{{ unsubscribe_url }}">Unsubscribe</a> · <a href="{{ preferences_url }}">Email preferences</a><br>
+          {{ bu.name }} · {{ bu.postal_address }}
+        </mj-text>
+      </mj-column>
+    </mj-section>
+  </mj-body>
+</mjml>"""
