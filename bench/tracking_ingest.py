@@ -138,7 +138,7 @@ def start_server(env, port, workers, threads) -> subprocess.Popen:
          str(threads), "--host", "127.0.0.1", "--port", str(port), "--backlog", "2048", "--log-level", "warning",
          "--no-respawn-failed-workers", "loopline.config.wsgi:application"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
+    deadline = time.time() + 120  # a busy machine starts Django slowly
     while time.time() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:

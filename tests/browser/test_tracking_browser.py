@@ -6,11 +6,23 @@ localhost) from Loopline's live server: CORS, the first-party cookie and the ifr
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import pytest
 
 PASSWORD = "correct-horse-battery-staple"
+# LOOPLINE_SCREENSHOTS=1 also writes the screenshots of docs/tracking.md and docs/forms.md.
+SCREENSHOTS = os.environ.get("LOOPLINE_SCREENSHOTS") == "1"
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+
+
+def _shot(page, name, *, full_page=False):
+    if SCREENSHOTS:
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        page.screenshot(path=str(IMAGES / name), full_page=full_page)
 
 
 
@@ -18,6 +30,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def form_id(bu) -> int:
+    from loopline.forms.models import Form
+
+    return Form.objects.filter(bu=bu).values_list("pk", flat=True).first()
 
 
 def _setup(live_url: str, *, require_consent: bool = False):
@@ -56,7 +74,7 @@ def test_visitor_is_tracked_across_origins_submits_form_and_timeline_shows_every
     try:
         context = browser.new_context()
         page = context.new_page()
-        page.set_default_timeout(15_000)
+        page.set_default_timeout(45_000)
 
         def visit(action):
             with page.expect_response(lambda r: r.url.endswith("/hit") and r.request.method == "POST") as hit:
@@ -78,6 +96,7 @@ def test_visitor_is_tracked_across_origins_submits_form_and_timeline_shows_every
         frame.get_by_role("button", name="Contact me").click()
         expect(frame.get_by_text("is not a valid email address")).to_be_visible()
         expect(frame.get_by_label("First name")).to_have_value("Pat")  # input kept
+        _shot(page, "tracking-demo-site-form-error.png")
         frame.get_by_label("Work email").fill("pat@customer.example")
         frame.get_by_label("Company").fill("Customer Co")
         frame.get_by_role("button", name="Contact me").click()
@@ -96,7 +115,7 @@ def test_visitor_is_tracked_across_origins_submits_form_and_timeline_shows_every
 
         # The marketer sees every step on the prospect's timeline.
         ui = browser.new_page()
-        ui.set_default_timeout(15_000)
+        ui.set_default_timeout(45_000)
         ui.goto(f"{live_server.url}/accounts/login/")
         ui.get_by_label("Email").fill("mia@northwind.test")
         ui.get_by_label("Password").fill(PASSWORD)
@@ -108,9 +127,25 @@ def test_visitor_is_tracked_across_origins_submits_form_and_timeline_shows_every
         expect(timeline).to_contain_text("Pricing · Northwind")
         expect(timeline).to_contain_text("Northwind Widgets")
         expect(timeline).to_contain_text("Visit")
-        # And the form's report counts the view and the submission.
+        _shot(ui, "tracking-prospect-timeline.png")
+        # And the form's report counts the view and the submission, with charts.
         ui.goto(f"{live_server.url}/forms/")
         expect(ui.locator("#forms-report")).to_contain_text("Demo contact form")
+        expect(ui.locator("#forms-chart-canvas")).to_be_visible()
+        _shot(ui, "forms-list.png", full_page=True)
+        ui.locator("#forms-report").get_by_role("link", name="Report").first.click()
+        expect(ui.locator("#report-totals")).to_contain_text("Submissions")
+        expect(ui.locator("#conversion-rate")).to_contain_text("%")
+        assert ui.evaluate("() => !!Chart.getChart('asset-daily-canvas')")  # chart.js drew the daily chart
+        _shot(ui, "forms-report.png", full_page=True)
+        ui.goto(f"{live_server.url}/forms/{form_id(bu)}/")
+        _shot(ui, "forms-builder.png", full_page=True)
+        ui.goto(f"{live_server.url}/tracking/visitors/")
+        expect(ui.locator("table")).to_contain_text("Pat")
+        _shot(ui, "tracking-visitors.png")
+        ui.goto(f"{live_server.url}/tracking/")
+        expect(ui.locator("body")).to_contain_text("tracker.js")
+        _shot(ui, "tracking-settings.png", full_page=True)
     finally:
         server.shutdown()
         server.server_close()
@@ -127,7 +162,7 @@ def test_consent_banner_gates_tracking_and_gpc_tracks_nothing(live_server, setti
     try:
         context = browser.new_context()
         page = context.new_page()
-        page.set_default_timeout(15_000)
+        page.set_default_timeout(45_000)
         page.goto(f"{origin}/")
         banner = page.get_by_role("dialog", name="Tracking consent")
         expect(banner).to_be_visible()

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 
 from loopline.accounts.decorators import member_required
 from loopline.platform import actions
@@ -38,8 +39,53 @@ def form_list(request):
     page_rows = tracking_selectors.conversion_rows(access.bu.pk, pages, "landing_page",
                                                    ActivityType.LANDING_PAGE_SUCCESS, ActivityType.LANDING_PAGE_ERROR,
                                                    ActivityType.FORM_VIEW)
-    return render(request, "forms/list.html", {"rows": rows, "handler_rows": handler_rows, "page_rows": page_rows,
-                                               "base": settings.PUBLIC_BASE_URL})
+    chart = {"labels": [], "datasets": [{"label": "Views", "data": []}, {"label": "Submissions", "data": []}]}
+    busiest = sorted([*rows, *page_rows], key=lambda r: (r["views"] or 0) + r["success"], reverse=True)[:12]
+    for r in busiest:
+        chart["labels"].append(str(r["asset"].name)[:40])
+        chart["datasets"][0]["data"].append(r["views"] or 0)
+        chart["datasets"][1]["data"].append(r["success"])
+    return render(request, "forms/list.html", {
+        "rows": rows, "handler_rows": handler_rows, "page_rows": page_rows, "base": settings.PUBLIC_BASE_URL,
+        "chart": chart, "handler_chart": tracking_selectors.comparison_chart(handler_rows, "success", "Submissions")})
+
+
+def _report(request, *, obj, asset_type: str, kind: str, series: dict, rate, edit_url: str, public_url: str):
+    report = tracking_selectors.asset_report(request.access.bu.pk, asset_type, obj.pk, series, rate=rate,
+                                             days=tracking_selectors.report_days(request.GET.get("days")))
+    return render(request, "tracking/asset_report.html", {
+        "title": obj.name, "kind": kind, "report": report, "back_url": reverse("forms:list"),
+        "back_label": "Forms and landing pages", "edit_url": edit_url, "public_url": public_url,
+        "has_rate": rate is not None, "rate_help": "Submissions per view over the period."})
+
+
+@member_required("forms.view")
+def form_report(request, pk: int):
+    obj = get_object_or_404(Form, pk=pk, bu=request.access.bu)
+    return _report(request, obj=obj, asset_type="form", kind="Form",
+                   series={"Views": ActivityType.FORM_VIEW, "Submissions": ActivityType.FORM_SUCCESS,
+                           "Errors": ActivityType.FORM_ERROR},
+                   rate=("Submissions", "Views"), edit_url=reverse("forms:edit", args=[obj.pk]),
+                   public_url=f"{settings.PUBLIC_BASE_URL}/f/{obj.key}/")
+
+
+@member_required("forms.view")
+def handler_report(request, pk: int):
+    obj = get_object_or_404(FormHandler, pk=pk, bu=request.access.bu)
+    return _report(request, obj=obj, asset_type="form_handler", kind="Form handler",
+                   series={"Submissions": ActivityType.FORM_HANDLER_SUCCESS, "Errors": ActivityType.FORM_HANDLER_ERROR},
+                   rate=None, edit_url=reverse("forms:handler_edit", args=[obj.pk]),
+                   public_url=f"{settings.PUBLIC_BASE_URL}/fh/{obj.key}")
+
+
+@member_required("forms.view")
+def page_report(request, pk: int):
+    obj = get_object_or_404(LandingPage, pk=pk, bu=request.access.bu)
+    return _report(request, obj=obj, asset_type="landing_page", kind="Landing page",
+                   series={"Views": ActivityType.FORM_VIEW, "Submissions": ActivityType.LANDING_PAGE_SUCCESS,
+                           "Errors": ActivityType.LANDING_PAGE_ERROR},
+                   rate=("Submissions", "Views"), edit_url=reverse("forms:page_edit", args=[obj.pk]),
+                   public_url=f"{settings.PUBLIC_BASE_URL}/lp/{obj.key}/")
 
 
 def _field_rows_from_post(post) -> list[dict]:

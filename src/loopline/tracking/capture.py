@@ -1,8 +1,8 @@
 """The hit capture path: validate, append to the staging table with group commit, acknowledge only durable hits.
 
-Each server process has one writer thread. Request threads hand it their validated rows and wait; the writer takes
-everything queued, writes it in one transaction (one multi-row INSERT, one commit, one fsync) and wakes every waiting
-request with the outcome. Under load many requests share a commit, so throughput grows with concurrency while each
+Each server process has one writer thread. Request threads add their validated rows to the open batch and wait; the
+writer takes the whole batch, writes it in one transaction (one multi-row INSERT, one commit, one fsync) and wakes every
+request of the batch with the outcome. Under load many requests share a commit, so throughput grows with concurrency while each
 request still gets its answer only after its hits are on disk. A failed write answers 503 and nothing is acknowledged;
 the tracker retries.
 """
@@ -17,13 +17,11 @@ import re
 import threading
 import time
 import uuid
-from collections import deque
-from concurrent.futures import Future
 
 from django.conf import settings
 from django.db import connection, transaction
 
-from . import spool
+from . import ratelimit, spool
 from .models import TrackingHit
 
 logger = logging.getLogger("loopline.tracking")
@@ -106,24 +104,45 @@ def _fsync_enabled() -> bool:
 
 # --- Group-commit writer -------------------------------------------------------------------------------------------
 
+INSERT_COLUMNS = "(bu_id, cookie, received_at, hits, payload)"
+ROWS_PER_STATEMENT = 190  # 5 parameters a row: under 999, the lowest SQLite variable limit still around
+
+
+class _Batch:
+    """Rows of the requests that share one commit, and the event that tells them it happened (or failed)."""
+
+    __slots__ = ("done", "error", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+def multi_row_insert(table: str, count: int, placeholder: str = "%s") -> str:
+    row = "(" + ", ".join([placeholder] * 5) + ")"
+    return f"INSERT INTO {table} {INSERT_COLUMNS} VALUES " + ", ".join([row] * count)
+
+
+def chunked(rows: list[tuple], size: int = ROWS_PER_STATEMENT):
+    for i in range(0, len(rows), size):
+        chunk = rows[i:i + size]
+        yield len(chunk), [value for row in chunk for value in row]
+
 
 class HitWriter:
-    def __init__(self, max_rows_per_commit: int = 20000):
-        self._lock = threading.Condition()
-        self._queue: deque[tuple[list[tuple], Future]] = deque()
+    """One writer thread per process. A commit is ONE statement in autocommit mode whenever it fits (up to 190
+    requests): one call into the driver, so the writer thread gives up and waits to re-take the GIL once per commit
+    rather than once per row and once more for BEGIN and COMMIT (each re-take can cost a whole switch interval while
+    request threads keep the interpreter busy)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._open = _Batch()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
-        self._max = max_rows_per_commit
         self._conn_id: int | None = None
         self._spool: spool.SpoolWriter | None = None
-
-    def submit(self, rows: list[tuple]) -> Future:
-        fut: Future = Future()
-        with self._lock:
-            self._ensure_thread()
-            self._queue.append((rows, fut))
-            self._lock.notify()
-        return fut
 
     def write(self, rows: list[tuple], timeout: float = WRITE_TIMEOUT_S) -> None:
         """Block until ``rows`` are committed (raises on failure or timeout)."""
@@ -132,11 +151,21 @@ class HitWriter:
         if not getattr(settings, "TRACKING_GROUP_COMMIT", not getattr(settings, "TESTING", False)):
             self._insert(rows)
             return
-        self.submit(rows).result(timeout=timeout)
+        with self._cond:
+            self._ensure_thread()
+            batch = self._open
+            first = not batch.rows
+            batch.rows.extend(rows)
+            if first:
+                self._cond.notify()
+        if not batch.done.wait(timeout):
+            raise TimeoutError("hit write timed out")
+        if batch.error is not None:
+            raise batch.error
 
     def _ensure_thread(self) -> None:
-        if self._pid != os.getpid():  # forked: the parent's thread and queue are not ours
-            self._queue.clear()
+        if self._pid != os.getpid():  # forked: the parent's thread and batch are not ours
+            self._open = _Batch()
             self._thread = None
             self._pid = os.getpid()
         if self._thread is None or not self._thread.is_alive():
@@ -145,27 +174,18 @@ class HitWriter:
 
     def _run(self) -> None:
         while True:
-            with self._lock:
-                while not self._queue:
-                    self._lock.wait()
-                batch: list[tuple[list[tuple], Future]] = []
-                count = 0
-                while self._queue and count < self._max:
-                    rows, fut = self._queue.popleft()
-                    batch.append((rows, fut))
-                    count += len(rows)
-            all_rows = [r for rows, _ in batch for r in rows]
+            with self._cond:
+                while not self._open.rows:
+                    self._cond.wait()
+                batch, self._open = self._open, _Batch()
             try:
-                self._insert(all_rows, in_writer_thread=True)
+                self._insert(batch.rows, in_writer_thread=True)
             except Exception as exc:
-                logger.exception("tracking hit write failed (%d hits not acknowledged)", len(all_rows))
+                logger.exception("tracking hit write failed (%d requests not acknowledged)", len(batch.rows))
                 with contextlib.suppress(Exception):  # already failing; the next write reconnects
                     connection.close()
-                for _, fut in batch:
-                    fut.set_exception(exc)
-            else:
-                for _, fut in batch:
-                    fut.set_result(len(all_rows))
+                batch.error = exc
+            batch.done.set()
 
     def _insert(self, rows: list[tuple], *, in_writer_thread: bool = False) -> None:
         # The writer thread keeps its connection open (it is closed and reopened only after an error).
@@ -174,8 +194,7 @@ class HitWriter:
                 self._spool = spool.SpoolWriter(fsync=_fsync_enabled())
             self._spool.append(rows)
             return
-        if connection.vendor == "sqlite" and _fsync_enabled() and \
-                not connection.in_atomic_block:
+        if connection.vendor == "sqlite" and _fsync_enabled() and not connection.in_atomic_block:
             connection.ensure_connection()
             raw = id(connection.connection)
             if raw != self._conn_id:
@@ -183,45 +202,25 @@ class HitWriter:
                 connection.connection.execute("PRAGMA synchronous=FULL")
                 self._conn_id = raw
         table = connection.ops.quote_name(TrackingHit._meta.db_table)
-        sql = f"INSERT INTO {table} (bu_id, cookie, received_at, hits, payload) VALUES (%s, %s, %s, %s, %s)"
+        statements = list(chunked(rows))
+        if len(statements) == 1:
+            # Autocommit: the single statement is its own transaction (one round trip on PostgreSQL).
+            count, params = statements[0]
+            with connection.cursor() as cursor:
+                cursor.execute(multi_row_insert(table, count), params)
+            return
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.executemany(sql, rows)
+            for count, params in statements:
+                cursor.execute(multi_row_insert(table, count), params)
 
 
 writer = HitWriter()
 
 
-# --- Per-process rate limiting -------------------------------------------------------------------------------------
+# --- Rate limiting -------------------------------------------------------------------------------------------------
 
-
-class RateLimiter:
-    """Token buckets keyed by a string (an IP, "form:12:ip"...). Per process; cheap; forgets idle keys."""
-
-    def __init__(self):
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-        self._last_sweep = time.monotonic()
-
-    def allow(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            tokens, stamp = self._buckets.get(key, (burst, now))
-            tokens = min(burst, tokens + (now - stamp) * rate)
-            ok = tokens >= cost
-            if ok:
-                tokens -= cost
-            self._buckets[key] = (tokens, now)
-            if now - self._last_sweep > 60 and len(self._buckets) > 10000:
-                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 120}
-                self._last_sweep = now
-            return ok
-
-    def reset(self) -> None:
-        with self._lock:
-            self._buckets.clear()
-
-
-limiter = RateLimiter()
+# Shared by every server process through the database (see ratelimit.py).
+limiter = ratelimit.SharedRateLimiter()
 
 
 def capture(config, body: bytes, *, ip: str, ua: str) -> dict:

@@ -143,3 +143,19 @@ class TrackedFile(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class RateWindow(models.Model):
+    """Shared rate-limit counters (ratelimit.py): how much of a key's limit was claimed in one time window.
+
+    Every server process (and host) claims from the same rows, so a limit holds across processes. Rows expire after
+    two windows and are swept by a scheduled task.
+    """
+
+    bucket = models.CharField(max_length=200)  # "<limit key>|<window seconds>"
+    window_no = models.BigIntegerField()  # unix time // window length
+    used = models.BigIntegerField(default=0)
+    expires_at = models.FloatField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["bucket", "window_no"], name="tracking_ratewindow_bucket")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
@@ -76,3 +78,90 @@ def files(access):
 
 
 TRACKING_TYPES = (ActivityType.PAGE_VIEW, ActivityType.VISIT)
+
+
+# --- Per-asset reports ([M5], [M9]: views, submissions, conversion rate, clicks) -------------------------------------
+
+REPORT_PERIODS = (7, 30, 90, 365)
+
+
+def report_days(value) -> int:
+    try:
+        days = int(value)
+    except (TypeError, ValueError):
+        return 30
+    return days if days in REPORT_PERIODS else 30
+
+
+def asset_report(bu_id: int, asset_type: str, asset_id: int, series: dict[str, int], *, days: int = 30,
+                 rate: tuple[str, str] | None = None, recent: int = 50) -> dict:
+    """Daily human counts per series (``{"Views": ActivityType.FORM_VIEW, ...}``) over the last ``days`` days, totals
+    over the period and all time, machine events counted apart, the conversion rate ``rate = (success, views)``, and
+    the latest activities. One grouped query for the days, one for the totals."""
+    from django.db.models.functions import TruncDate
+    from django.utils import timezone
+
+    today = timezone.now().date()
+    start = today - dt.timedelta(days=days - 1)
+    since = timezone.make_aware(dt.datetime.combine(start, dt.time.min), dt.UTC)
+    base = Activity.objects.filter(bu_id=bu_id, asset_type=asset_type, asset_id=asset_id,
+                                   type__in=list(series.values()))
+    by_day = (base.filter(occurred_at__gte=since, is_machine=False).annotate(day=TruncDate("occurred_at", tzinfo=dt.UTC))
+              .values("day", "type").annotate(n=Count("id")))
+    labels = [start + dt.timedelta(days=i) for i in range(days)]
+    index = {d: i for i, d in enumerate(labels)}
+    data = {t: [0] * days for t in series.values()}
+    for row in by_day:
+        day = row["day"]
+        if isinstance(day, str):  # SQLite returns text
+            day = dt.date.fromisoformat(day)
+        if day in index:
+            data[row["type"]][index[day]] += row["n"]
+    totals_rows = base.values("type").annotate(
+        human=Count("id", filter=Q(is_machine=False)), machine=Count("id", filter=Q(is_machine=True)),
+        period=Count("id", filter=Q(is_machine=False, occurred_at__gte=since)),
+        prospects=Count("prospect_id", distinct=True, filter=Q(is_machine=False)))
+    by_type: dict[int, dict] = {r["type"]: dict(r) for r in totals_rows}
+    totals = []
+    for label, type_ in series.items():
+        r: dict = by_type.get(type_, {})
+        totals.append({"label": label, "type": type_, "period": r.get("period", 0), "all": r.get("human", 0),
+                       "machine": r.get("machine", 0), "prospects": r.get("prospects", 0)})
+    conversion = None
+    if rate:
+        ok, views = (sum(data[series[name]]) for name in rate)
+        conversion = round(100 * ok / views, 1) if views else None
+    latest = list(base.select_related("prospect").order_by("-occurred_at", "-id")[:recent])
+    return {
+        "days": days, "periods": REPORT_PERIODS, "totals": totals, "conversion": conversion,
+        "chart": {"labels": [d.isoformat() for d in labels],
+                  "datasets": [{"label": name, "data": data[t]} for name, t in series.items()]},
+        "recent": latest,
+    }
+
+
+def comparison_chart(rows, value_key: str, label: str, *, limit: int = 12) -> dict:
+    """Bar-chart data comparing assets of a list page (the busiest ``limit``)."""
+    top = sorted(rows, key=lambda r: r.get(value_key) or 0, reverse=True)[:limit]
+    return {"labels": [str(r["asset"].name)[:40] for r in top],
+            "datasets": [{"label": label, "data": [r.get(value_key) or 0 for r in top]}]}
+
+
+# Second-level labels under which the registrable name is the third label (acme.co.uk).
+_SECOND_LEVEL = {"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or"}
+# Hostnames of access providers say nothing about the visitor's company.
+_ACCESS_PROVIDER_HINTS = ("dsl", "dyn", "dial", "pool", "cable", "broadband", "mobile", "cust", "client", "static",
+                          "ip-", "res.", "fiber", "fibre", "wireless", "amazonaws", "googleusercontent", "cloud")
+
+
+def company_guess(hostname: str) -> str:
+    """The organisation domain behind a visitor's reverse-DNS hostname ("gw1.acme-corp.com" → "acme-corp.com"), or ""
+    when unknown or when it looks like an access provider's address. A guess; shown as such."""
+    host = (hostname or "").strip(".").lower()
+    if not host or "." not in host or any(h in host for h in _ACCESS_PROVIDER_HINTS):
+        return ""
+    labels = host.split(".")
+    if labels[-1].isdigit():  # an IP address, not a name
+        return ""
+    take = 3 if len(labels) >= 3 and labels[-2] in _SECOND_LEVEL and len(labels[-1]) == 2 else 2
+    return ".".join(labels[-take:])

@@ -383,6 +383,10 @@ def save_redirect(access, data: dict, instance: CustomRedirect | None = None) ->
         setattr(obj, key, value)
     if obj.campaign_id and obj.campaign and obj.campaign.bu_id != access.bu.pk:
         raise ValidationError({"campaign": "No such campaign"})
+    try:
+        _url_validator(str(obj.destination or ""))  # web addresses only: no ftp:, javascript:, data:
+    except ValidationError:
+        raise ValidationError({"destination": "Enter a web address starting with http:// or https://"}) from None
     obj.full_clean(exclude=["bu", "key"])
     obj.save()
     return obj
@@ -404,3 +408,37 @@ def save_file(access, data: dict, instance: TrackedFile | None = None) -> Tracke
         raise ValidationError({"file": "Choose a file to upload"})
     obj.save()
     return obj
+
+
+# --- Visitor hostnames (company guess on visitor pages) ----------------------------------------------------------
+
+UNRESOLVED = "."  # tried, no reverse-DNS name: do not try again
+
+
+def resolve_visitor_hostnames(limit: int = 200, timeout: float = 2.0) -> int:
+    """Reverse-DNS look-ups for recent visitors without a hostname (scheduled; never on a request path). Look-ups run
+    in a few threads with a deadline; a failure is remembered so it is not retried."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    rows = list(Visitor.objects.filter(hostname="", ip__isnull=False).order_by("-last_seen_at")
+                .values_list("pk", "ip")[:limit])
+    if not rows:
+        return 0
+
+    def lookup(ip: str) -> str:
+        try:
+            return socket.gethostbyaddr(ip)[0][:255] or UNRESOLVED
+        except (OSError, UnicodeError, ValueError):
+            return UNRESOLVED
+
+    pool = ThreadPoolExecutor(max_workers=8)
+    futures = {pk: pool.submit(lookup, str(ip)) for pk, ip in rows}
+    wait(futures.values(), timeout=timeout * 4)
+    pool.shutdown(wait=False, cancel_futures=True)
+    done = 0
+    for pk, future in futures.items():
+        if future.done() and not future.cancelled():
+            Visitor.objects.filter(pk=pk, hostname="").update(hostname=future.result())
+            done += 1
+    return done

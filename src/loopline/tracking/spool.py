@@ -62,9 +62,18 @@ class SpoolWriter:
         self.conn = _connect(self.path, fsync=fsync)
 
     def append(self, rows: list[tuple]) -> None:
+        from .capture import chunked, multi_row_insert
+
+        statements = list(chunked(rows))
+        if len(statements) == 1:
+            # One statement in autocommit mode is one transaction: one call into SQLite, one fsync.
+            count, params = statements[0]
+            self.conn.execute(multi_row_insert("hits", count, "?"), params)
+            return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            self.conn.executemany("INSERT INTO hits (bu_id, cookie, received_at, hits, payload) VALUES (?, ?, ?, ?, ?)", rows)
+            for count, params in statements:
+                self.conn.execute(multi_row_insert("hits", count, "?"), params)
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise

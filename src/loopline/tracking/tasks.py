@@ -22,3 +22,19 @@ def ingest_tracking_hits(max_seconds: float = 20.0) -> int:
             break
         total += r.hits
     return total
+
+
+@task
+def sweep_rate_limits() -> int:
+    """Delete expired shared rate-limit counters."""
+    from .ratelimit import sweep
+
+    return sweep()
+
+
+@task
+def resolve_visitor_hostnames() -> int:
+    """Reverse-DNS names of new visitors, for the company guess on visitor pages."""
+    from .services import resolve_visitor_hostnames as resolve
+
+    return resolve()

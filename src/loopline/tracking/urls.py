@@ -11,7 +11,9 @@ urlpatterns = [
     path("redirects/", views.redirect_list, name="redirects"),
     path("redirects/new/", views.redirect_edit, name="redirect_create"),
     path("redirects/<int:pk>/", views.redirect_edit, name="redirect_edit"),
+    path("redirects/<int:pk>/report/", views.redirect_report, name="redirect_report"),
     path("files/", views.file_list, name="files"),
     path("files/new/", views.file_edit, name="file_create"),
     path("files/<int:pk>/", views.file_edit, name="file_edit"),
+    path("files/<int:pk>/report/", views.file_report, name="file_report"),
 ]

@@ -7,6 +7,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 
 from loopline.accounts.decorators import member_required
 from loopline.platform import actions
@@ -54,6 +55,8 @@ def visitor_list(request):
     access = request.access
     anonymous = request.GET.get("anonymous") == "1"
     page = Paginator(selectors.visitors(access, anonymous_only=anonymous), 50).get_page(request.GET.get("page"))
+    for v in page:
+        v.company_guess = selectors.company_guess(v.hostname)
     return render(request, "tracking/visitors.html", {"page": page, "anonymous": anonymous})
 
 
@@ -61,7 +64,9 @@ def visitor_list(request):
 def visitor_detail(request, pk: int):
     visitor = selectors.get_visitor(request.access, pk)
     return render(request, "tracking/visitor_detail.html", {
-        "visitor": visitor, "activities": selectors.visitor_activity(visitor)})
+        "visitor": visitor, "activities": selectors.visitor_activity(visitor),
+        "company_guess": selectors.company_guess(visitor.hostname),
+        "hostname": "" if visitor.hostname == services.UNRESOLVED else visitor.hostname})
 
 
 @member_required("forms.view")
@@ -69,7 +74,21 @@ def redirect_list(request):
     access = request.access
     rows = selectors.click_rows(access.bu.pk, selectors.redirects(access), "custom_redirect",
                                 ActivityType.CUSTOM_REDIRECT_CLICK)
-    return render(request, "tracking/redirects.html", {"rows": rows, "base": settings.PUBLIC_BASE_URL})
+    return render(request, "tracking/redirects.html", {
+        "rows": rows, "base": settings.PUBLIC_BASE_URL,
+        "chart": selectors.comparison_chart(rows, "human", "Human clicks")})
+
+
+@member_required("forms.view")
+def redirect_report(request, pk: int):
+    obj = get_object_or_404(CustomRedirect, pk=pk, bu=request.access.bu)
+    report = selectors.asset_report(request.access.bu.pk, "custom_redirect", obj.pk,
+                                    {"Clicks": ActivityType.CUSTOM_REDIRECT_CLICK},
+                                    days=selectors.report_days(request.GET.get("days")))
+    return render(request, "tracking/asset_report.html", {
+        "title": obj.name, "kind": "Custom redirect", "report": report, "back_url": reverse("tracking:redirects"),
+        "back_label": "Custom redirects", "edit_url": reverse("tracking:redirect_edit", args=[obj.pk]),
+        "public_url": f"{settings.PUBLIC_BASE_URL}/r/{obj.key}"})
 
 
 @member_required("forms.create")
@@ -97,7 +116,20 @@ def redirect_edit(request, pk: int | None = None):
 def file_list(request):
     access = request.access
     rows = selectors.click_rows(access.bu.pk, selectors.files(access), "file", ActivityType.FILE_ACCESS)
-    return render(request, "tracking/files.html", {"rows": rows, "base": settings.PUBLIC_BASE_URL})
+    return render(request, "tracking/files.html", {
+        "rows": rows, "base": settings.PUBLIC_BASE_URL,
+        "chart": selectors.comparison_chart(rows, "human", "Human downloads")})
+
+
+@member_required("forms.view")
+def file_report(request, pk: int):
+    obj = get_object_or_404(TrackedFile, pk=pk, bu=request.access.bu)
+    report = selectors.asset_report(request.access.bu.pk, "file", obj.pk, {"Downloads": ActivityType.FILE_ACCESS},
+                                    days=selectors.report_days(request.GET.get("days")))
+    return render(request, "tracking/asset_report.html", {
+        "title": obj.name, "kind": "Tracked file", "report": report, "back_url": reverse("tracking:files"),
+        "back_label": "Files", "edit_url": reverse("tracking:file_edit", args=[obj.pk]),
+        "public_url": f"{settings.PUBLIC_BASE_URL}/file/{obj.key}/{obj.filename}"})
 
 
 @member_required("forms.create")

@@ -120,16 +120,27 @@ def test_every_link_burst_and_honeypot_are_machine(client, bu, prospect):
 
 
 def test_email_link_actions_fire_once_per_prospect_and_never_for_machines(client, bu, prospect):
+    from loopline.prospects import services as ps
+
+    # A twin clicking the same way on a link without actions: the score difference is the actions' doing (the
+    # activities themselves may score points under the BU's scoring rules).
+    twin = ps.create_prospect(bu, {"email": "twin@example.com"})
     acts = [{"type": "adjust_score", "points": 10}, {"type": "add_tag", "tag": "clicked"}]
     url = path(services.sign_click_url(bu.pk, 20, prospect.pk, 1, "https://acme.test/", sent_at=EARLIER,
                                        actions_list=acts))
+    plain = path(services.sign_click_url(bu.pk, 22, twin.pk, 1, "https://acme.test/", sent_at=EARLIER))
     client.head(url)  # scanner: recorded, no actions
+    client.head(plain)
     prospect.refresh_from_db()
-    assert prospect.score == 0
-    client.get(url, HTTP_USER_AGENT=UA)
-    client.get(url, HTTP_USER_AGENT=UA)
+    twin.refresh_from_db()
+    assert prospect.score == twin.score and not prospect.tags.exists()
+    for _ in range(2):
+        client.get(url, HTTP_USER_AGENT=UA)
+        client.get(plain, HTTP_USER_AGENT=UA)
     prospect.refresh_from_db()
-    assert prospect.score == 10 and list(prospect.tags.values_list("name", flat=True)) == ["clicked"]
+    twin.refresh_from_db()
+    assert prospect.score - twin.score == 10
+    assert list(prospect.tags.values_list("name", flat=True)) == ["clicked"]
 
 
 def test_click_identifies_the_loopline_cookie_visitor(client, bu, prospect):

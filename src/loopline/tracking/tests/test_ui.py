@@ -95,3 +95,104 @@ def test_visitor_pages_scoped_by_bu(ui, bu, other_bu):
 def test_sales_cannot_reach_form_builder(client, sales_user):
     client.login(username=sales_user.email, password=PASSWORD)
     assert client.get("/forms/new/").status_code == 403
+
+
+def _activity(bu, type_, asset_type, asset_id, *, machine=False, days_ago=0, prospect=None):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    return Activity.objects.create(bu=bu, type=type_, asset_type=asset_type, asset_id=asset_id, is_machine=machine,
+                                   prospect=prospect, occurred_at=timezone.now() - dt.timedelta(days=days_ago))
+
+
+def test_form_report_counts_views_submissions_and_conversion(ui, bu, other_bu, marketing_access):
+    from loopline.forms import services as form_services
+
+    form = form_services.save_form(marketing_access, {"name": "Demo form"}, [{"prospect_field": "email"}])
+    for _ in range(4):
+        _activity(bu, ActivityType.FORM_VIEW, "form", form.pk)
+    _activity(bu, ActivityType.FORM_SUCCESS, "form", form.pk)
+    _activity(bu, ActivityType.FORM_VIEW, "form", form.pk, machine=True)  # a bot: counted apart
+    _activity(bu, ActivityType.FORM_VIEW, "form", form.pk, days_ago=60)  # outside the 30-day period
+    _activity(other_bu, ActivityType.FORM_VIEW, "form", form.pk)  # another BU's activity never counts
+    r = ui.get(f"/forms/{form.pk}/report/")
+    assert r.status_code == 200
+    report = r.context["report"]
+    totals = {t["label"]: t for t in report["totals"]}
+    assert totals["Views"]["period"] == 4 and totals["Views"]["all"] == 5 and totals["Views"]["machine"] == 1
+    assert totals["Submissions"]["period"] == 1 and report["conversion"] == 25.0
+    assert len(report["chart"]["labels"]) == 30 and report["chart"]["datasets"][0]["data"][-1] == 4
+    html = r.content.decode()
+    assert "chart.umd.min.js" in html and 'id="asset-daily"' in html and "25.0%" in html
+    # The period filter; garbage falls back to 30 days.
+    assert ui.get(f"/forms/{form.pk}/report/?days=90").context["report"]["chart"]["labels"].__len__() == 90
+    assert ui.get(f"/forms/{form.pk}/report/?days=x' OR 1=1").status_code == 200
+    # The list page compares assets in a chart and links to the report.
+    html = ui.get("/forms/").content.decode()
+    assert 'id="forms-chart"' in html and f"/forms/{form.pk}/report/" in html
+
+
+def test_asset_reports_for_handlers_pages_redirects_and_files(ui, bu, other_bu, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    handler = FormHandler.objects.create(bu=bu, name="Webinar handler")
+    form = Form.objects.create(bu=bu, name="LP form")
+    page = LandingPage.objects.create(bu=bu, name="Spring page", form=form)
+    link = CustomRedirect.objects.create(bu=bu, name="Spring link", destination="https://acme.test/spring")
+    _activity(bu, ActivityType.FORM_HANDLER_SUCCESS, "form_handler", handler.pk)
+    _activity(bu, ActivityType.LANDING_PAGE_SUCCESS, "landing_page", page.pk)
+    _activity(bu, ActivityType.FORM_VIEW, "landing_page", page.pk)
+    _activity(bu, ActivityType.CUSTOM_REDIRECT_CLICK, "custom_redirect", link.pk)
+    _activity(bu, ActivityType.CUSTOM_REDIRECT_CLICK, "custom_redirect", link.pk, machine=True)
+    r = ui.get(f"/forms/handlers/{handler.pk}/report/")
+    assert r.status_code == 200 and r.context["report"]["totals"][0]["period"] == 1
+    r = ui.get(f"/forms/pages/{page.pk}/report/")
+    assert r.context["report"]["conversion"] == 100.0
+    r = ui.get(f"/tracking/redirects/{link.pk}/report/")
+    clicks = r.context["report"]["totals"][0]
+    assert (clicks["period"], clicks["machine"]) == (1, 1)
+    assert 'id="assets-chart"' in ui.get("/tracking/redirects/").content.decode()
+    upload = SimpleUploadedFile("guide.pdf", b"%PDF-1.4 demo", content_type="application/pdf")
+    ui.post("/tracking/files/new/", {"name": "Guide", "upload": upload})
+    tracked = TrackedFile.objects.get(bu=bu)
+    assert ui.get(f"/tracking/files/{tracked.pk}/report/").status_code == 200
+    # Another business unit's assets answer 404.
+    foreign = CustomRedirect.objects.create(bu=other_bu, name="Theirs", destination="https://other.test/")
+    assert ui.get(f"/tracking/redirects/{foreign.pk}/report/").status_code == 404
+    foreign_form = Form.objects.create(bu=other_bu, name="Theirs")
+    assert ui.get(f"/forms/{foreign_form.pk}/report/").status_code == 404
+
+
+@pytest.mark.parametrize("hostname, guess", [
+    ("gw1.acme-corp.com", "acme-corp.com"), ("mail.acme.co.uk", "acme.co.uk"), ("acme.com.", "acme.com"),
+    ("dsl-84-12.pool.isp.net", ""), ("ec2-1-2-3-4.compute-1.amazonaws.com", ""), ("", ""), (".", ""),
+    ("10.0.0.1", ""), ("localhost", "")])
+def test_company_guess_from_hostname(hostname, guess):
+    from loopline.tracking.selectors import company_guess
+
+    assert company_guess(hostname) == guess
+
+
+def test_visitor_pages_show_the_company_guess(ui, bu, monkeypatch):
+    import socket
+
+    from loopline.tracking import services
+
+    v = Visitor.objects.create(bu=bu, cookie_id=uuid.uuid4(), ip="192.0.2.7")
+    unknown = Visitor.objects.create(bu=bu, cookie_id=uuid.uuid4(), ip="192.0.2.8")
+
+    def fake_lookup(ip):
+        if ip == "192.0.2.7":
+            return ("gw1.initech.example.com", [], [ip])
+        raise socket.herror("unknown host")
+
+    monkeypatch.setattr(socket, "gethostbyaddr", fake_lookup)
+    assert services.resolve_visitor_hostnames() == 2
+    v.refresh_from_db()
+    unknown.refresh_from_db()
+    assert v.hostname == "gw1.initech.example.com" and unknown.hostname == services.UNRESOLVED
+    assert services.resolve_visitor_hostnames() == 0  # failures are not retried
+    assert "example.com" in ui.get("/tracking/visitors/").content.decode()
+    r = ui.get(f"/tracking/visitors/{v.pk}/")
+    assert r.context["company_guess"] == "example.com"
+    assert ui.get(f"/tracking/visitors/{unknown.pk}/").context["hostname"] == ""

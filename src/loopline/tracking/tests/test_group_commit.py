@@ -1,0 +1,84 @@
+"""The group-commit writer: concurrent requests share commits, every acknowledged row is stored, failures reach every
+request of the batch (nothing is acknowledged that was not written)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from loopline.tracking import capture, spool
+
+
+@pytest.fixture
+def spool_writer(settings, tmp_path):
+    settings.TRACKING_SPOOL_DIR = str(tmp_path)
+    settings.TRACKING_SPOOL = "files"
+    settings.TRACKING_GROUP_COMMIT = True
+    settings.TRACKING_FSYNC = False
+    writer = capture.HitWriter()
+    yield writer
+    if writer._spool is not None:
+        writer._spool.conn.close()
+
+
+def _row(i: int) -> tuple:
+    return (1, f"{i:032x}", time.time(), 1, '{"ip":"","ua":"","h":[{"t":1,"u":"https://a.test/"}]}')
+
+
+def _stored(writer) -> list[str]:
+    return [r[0] for r in writer._spool.conn.execute("SELECT cookie FROM hits ORDER BY id")]
+
+
+def test_concurrent_writes_share_commits_and_all_land(spool_writer):
+    commits = []
+    original = spool.SpoolWriter.append
+
+    def counting(self, rows):
+        commits.append(len(rows))
+        time.sleep(0.005)  # a slow disk: requests pile up behind the commit in flight
+        original(self, rows)
+
+    spool.SpoolWriter.append = counting
+    try:
+        threads = [threading.Thread(target=spool_writer.write, args=([_row(i)],)) for i in range(60)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        spool.SpoolWriter.append = original
+    assert sorted(_stored(spool_writer)) == sorted(f"{i:032x}" for i in range(60))
+    assert sum(commits) == 60 and len(commits) < 60  # batched
+
+
+def test_big_batch_is_several_statements_in_one_transaction(spool_writer):
+    rows = [_row(i) for i in range(capture.ROWS_PER_STATEMENT * 2 + 7)]
+    spool_writer.write(rows)
+    assert len(_stored(spool_writer)) == len(rows)
+
+
+def test_a_failed_commit_fails_every_request_of_the_batch(spool_writer, monkeypatch):
+    spool_writer.write([_row(0)])  # opens the spool file
+
+    def broken(self, rows):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(spool.SpoolWriter, "append", broken)
+    errors = []
+
+    def attempt(i):
+        try:
+            spool_writer.write([_row(i)])
+        except OSError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(1, 6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 5
+    monkeypatch.undo()
+    assert _stored(spool_writer) == [f"{0:032x}"]  # nothing of the failed batch was acknowledged or stored
