@@ -122,6 +122,10 @@ def test_login_list_search_open_and_edit_a_prospect(live_server, browser, monkey
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
 
+    # Home is the marketing dashboard; the side navigation leads to the prospect list.
+    expect(page.get_by_role("heading", name="Marketing dashboard")).to_be_visible()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Prospects").click()
+
     # The prospect list.
     expect(page.get_by_role("heading", name="Prospects", exact=True)).to_be_visible()
     expect(page.locator("#result-count")).to_contain_text("of 37")

@@ -324,11 +324,16 @@ def add_tags(prospect: Prospect, names: Iterable[str]) -> list[Tag]:
     ProspectTag.objects.bulk_create(
         [ProspectTag(prospect=prospect, tag=t) for t in tags], ignore_conflicts=True
     )
+    if tags:  # dynamic lists and rules with tag criteria follow at once
+        events.publish(events.ProspectChanged(bu_id=prospect.bu_id, prospect_id=prospect.pk,
+                                              changed_fields=frozenset({"tags"})))
     return tags
 
 
 def remove_tag(prospect: Prospect, tag: Tag) -> None:
-    ProspectTag.objects.filter(prospect=prospect, tag=tag).delete()
+    if ProspectTag.objects.filter(prospect=prospect, tag=tag).delete()[0]:
+        events.publish(events.ProspectChanged(bu_id=prospect.bu_id, prospect_id=prospect.pk,
+                                              changed_fields=frozenset({"tags"})))
 
 
 # --- Custom fields ---------------------------------------------------------------------------------------------------

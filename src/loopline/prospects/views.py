@@ -33,6 +33,8 @@ def home(request):
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
     access = getattr(request, "access", None)
+    if access is not None and access.can("reports.view"):
+        return redirect("reports:dashboard")
     if access is not None and not access.can("prospects.view") and access.can("campaigns.view"):
         return redirect("campaigns:list")
     return redirect("prospects:list")

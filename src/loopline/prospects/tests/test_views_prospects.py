@@ -21,7 +21,9 @@ pytestmark = pytest.mark.django_db
 def data(bu, other_bu, admin_user, sales_user):
     mine = services.create_prospect(bu, {"email": "mine@example.com", "first_name": "Mia", "last_name": "Reed",
                                          "company": "Zeta Corp"},
-                                    extra={"assigned_user": sales_user, "score": 40, "grade": "B"})
+                                    extra={"assigned_user": sales_user, "score": 40})
+    # Grades are computed by grading profiles; set one directly to test the filter.
+    Prospect.objects.filter(pk=mine.pk).update(grade="B")
     theirs = services.create_prospect(bu, {"email": "theirs@example.com", "first_name": "Tom", "last_name": "Adams",
                                            "company": "Alpha Inc"}, extra={"assigned_user": admin_user, "score": 5})
     unassigned = services.create_prospect(bu, {"email": "free@example.com", "last_name": "Baker", "company": "Beta",
