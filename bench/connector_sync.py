@@ -13,7 +13,10 @@ loop) in a thread. Then:
 3. latency: single edits on either side, timed until they show on the other side (the worker runs at default
    settings); CRM → Loopline checked in the Loopline database, Loopline → CRM by reading the lead back;
 4. idle: one quiet minute of the running worker, its API calls extrapolated to an hour;
-5. correctness: duplicates (CRM leads sharing an email, prospects sharing a CRM id) and lost records.
+5. correctness: duplicates (CRM leads sharing an email, prospects sharing a CRM id) and lost records of phases 1-2,
+   then three rounds of ``--check-records`` changes each way (bench/_connector_checks.py): the worker killed with
+   SIGKILL mid-batch and restarted; the sandbox failing 5% of calls with UNABLE_TO_LOCK_ROW and 5% with 503; the
+   same batch re-run (re-queued and re-drained, the initial import re-run). ``duplicates`` and ``lost`` add them all.
 
 The last line on stdout is one JSON object with the figures.
 """
@@ -35,6 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from _common import bench_environment, log
 
+KEYS = ("records", "pull_records_per_s", "pull_api_calls", "push_records_per_s", "push_api_calls",
+        "crm_to_loopline_p50_s", "crm_to_loopline_p99_s", "loopline_to_crm_p50_s", "loopline_to_crm_p99_s",
+        "idle_api_calls_per_hour", "duplicates", "lost")
+
 
 def percentile(values: list[float], p: float) -> float | None:
     if not values:
@@ -53,6 +60,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20, help="latency samples per direction")
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--throughput-only", action="store_true", help="skip the latency and idle phases")
+    parser.add_argument("--check-records", type=int, default=None,
+                        help="records each way per correctness round (default: min(records, 10000))")
     args = parser.parse_args()
 
     from loopline.connector.tests.sandbox import SandboxProcess
@@ -60,7 +69,9 @@ def main() -> None:
     n = args.records
     log(f"starting crmsandbox seeded with {n} leads")
     t = time.perf_counter()
-    crm = SandboxProcess.start(leads=n, config={"daily_api_limit": 5_000_000})
+    loopline_id = {"name": "Loopline_Id__c", "type": "string", "length": 64, "external_id": True, "unique": True}
+    crm = SandboxProcess.start(leads=n, config={"daily_api_limit": 5_000_000,
+                                                "custom_fields": {"Lead": [loopline_id], "Contact": [loopline_id]}})
     log(f"sandbox ready in {time.perf_counter() - t:.1f}s")
     result: dict = {"records": n}
     try:
@@ -69,7 +80,10 @@ def main() -> None:
             result.update(run(crm, args, n))
     finally:
         crm.stop()
-    print(json.dumps(result), flush=True)
+    # The issue's keys, in its order, close the line; details come first.
+    ordered = {k: v for k, v in result.items() if k not in KEYS}
+    ordered.update({k: result.get(k) for k in KEYS})
+    print(json.dumps(ordered), flush=True)
 
 
 def run(crm, args, n: int) -> dict:
@@ -224,9 +238,25 @@ def run(crm, args, n: int) -> dict:
                 - CrmLink.objects.filter(connector=connector).values("prospect_id").distinct().count())
     lost_push = n - len(set(emails))
     lost_pull = n - pulled_ok
-    out["duplicates"] = crm_dupes + max(0, ll_dupes)
-    out["lost"] = max(0, lost_push) + max(0, lost_pull)
+    duplicates = crm_dupes + max(0, ll_dupes)
+    lost = max(0, lost_push) + max(0, lost_pull)
+    log(f"phases 1-2: duplicates {duplicates}, lost {lost}")
+
+    import _connector_checks as checks
+
+    m = args.check_records or min(n, 10_000)
+    rounds = {}
+    log(f"correctness: kill -9 round ({m} each way)")
+    rounds["kill"] = checks.kill_round(bu, user, connector, crm, m)
+    log(f"correctness: faults round ({m} each way)")
+    rounds["faults"], batch = checks.fault_round(bu, user, connector, crm, m,
+                                                 rates={"UNABLE_TO_LOCK_ROW": 0.05, "SERVER_UNAVAILABLE": 0.05})
+    log("correctness: re-run of the same batch")
+    rounds["rerun"] = checks.rerun_round(connector, crm, batch)
+    out["check_rounds"] = rounds
     out["api_calls_total"] = client.usage.calls
+    out["duplicates"] = duplicates + sum(r["duplicates"] for r in rounds.values())
+    out["lost"] = lost + sum(r["lost"] for r in rounds.values())
     log(json.dumps(out))
     return out
 

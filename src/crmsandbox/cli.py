@@ -43,6 +43,9 @@ LOOPLINE_FIELDS: list[dict[str, Any]] = [
     {"name": "Loopline_Score__c", "type": "double", "label": "Loopline Score"},
     {"name": "Loopline_Grade__c", "type": "string", "length": 3, "label": "Loopline Grade"},
     {"name": "Loopline_Campaign__c", "type": "string", "length": 255, "label": "Loopline Campaign"},
+    # Loopline stamps the records it creates, so a retried create upserts instead of duplicating.
+    {"name": "Loopline_Id__c", "type": "string", "length": 64, "label": "Loopline Id", "external_id": True,
+     "unique": True},
 ]
 
 
@@ -118,8 +121,9 @@ def init_org(path: str, port: int = 8443, host: str = "127.0.0.1",
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False), help="data directory")
 @click.option("--port", default=8443, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--loopline-fields", is_flag=True, help="declare Loopline_Score__c, Loopline_Grade__c and "
-              "Loopline_Campaign__c on Lead and Contact (and __pc on person accounts)")
+@click.option("--loopline-fields", is_flag=True, help="declare Loopline_Score__c, Loopline_Grade__c, "
+              "Loopline_Campaign__c and the Loopline_Id__c external id on Lead and Contact (and __pc on person "
+              "accounts)")
 def init(data: str, port: int, host: str, loopline_fields: bool) -> None:
     """Create a new org: users, default connected app, CA + server certificate."""
     init_org(data, port, host, loopline_fields)

@@ -7,7 +7,8 @@ Configuration (``faults.json`` in the data dir, or ``POST /_sandbox/faults``)::
 
 Error codes: ``UNABLE_TO_LOCK_ROW`` (400), ``SERVER_UNAVAILABLE`` (503), ``500`` (plain internal error),
 ``DROP`` (connection closed without an answer), ``TIMEOUT`` (hang ``timeout_seconds``, default 60, then drop),
-``REQUEST_LIMIT_EXCEEDED`` (403). Draws come from ``random.Random(seed)``: the same sequence of requests gets the
+``REQUEST_LIMIT_EXCEEDED`` (403), ``LOST_RESPONSE`` (the request *is processed*, then the connection is closed
+without an answer: the client cannot know whether its write happened — what idempotent retries must survive). Draws come from ``random.Random(seed)``: the same sequence of requests gets the
 same faults.
 """
 
@@ -17,7 +18,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-KNOWN_CODES = ("UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "500", "DROP", "TIMEOUT", "REQUEST_LIMIT_EXCEEDED")
+KNOWN_CODES = ("UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "500", "DROP", "TIMEOUT", "REQUEST_LIMIT_EXCEEDED",
+               "LOST_RESPONSE")
 
 
 class FaultConfigError(ValueError):

@@ -186,9 +186,13 @@ class SandboxServer:
                                        "errorCode": "METHOD_NOT_ALLOWED"}])
             self._load_faults()
             if self.faults.apply_to_oauth and self.faults.active:
-                resp = await self._inject(send)
-                if resp is not None:
-                    return resp
+                injected = await self._inject(send)
+                if isinstance(injected, Response):
+                    return injected
+                if injected == "LOST_RESPONSE":  # the token is issued, the answer lost
+                    self._guard(lambda: self._token(req))
+                    await _drop(send)
+                    raise _Dropped
             return self._guard(lambda: self._token(req))
         if path.rstrip("/") in ("/services/oauth2/userinfo",) or path.startswith("/id/"):
             return self._guard(lambda: self._identity(req))
@@ -220,12 +224,14 @@ class SandboxServer:
             raise SESSION_INVALID
         return p
 
-    async def _inject(self, send: Callable) -> Response | None:
+    async def _inject(self, send: Callable) -> Response | str | None:
         delay, code = self.faults.draw()
         if delay:
             await asyncio.sleep(delay)
         if code is None:
             return None
+        if code == "LOST_RESPONSE":
+            return code  # processed first, dropped after (see _api)
         if code == "UNABLE_TO_LOCK_ROW":
             return Response(400, [{"message": "unable to obtain exclusive access to this record or 1 records",
                                    "errorCode": "UNABLE_TO_LOCK_ROW"}])
@@ -250,10 +256,19 @@ class SandboxServer:
         sub = (m.group(3) or "").strip("/")
         req.path = sub
         self._load_faults()
+        lose_answer = False
         if self.faults.active:
             injected = await self._inject(send)
-            if injected is not None:
+            if isinstance(injected, Response):
                 return injected
+            lose_answer = injected == "LOST_RESPONSE"
+        resp = await self._api_call(req, version, major, send)
+        if lose_answer:
+            await _drop(send)
+            raise _Dropped
+        return resp
+
+    async def _api_call(self, req: Request, version: str, major: int, send: Callable) -> Response:
         if major < 20 or major > 99:
             return Response(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
         try:

@@ -75,6 +75,18 @@ def test_drop_and_timeout(sb):
     assert statuses(sb, 1) == [200]  # the server is still fine
 
 
+def test_lost_response_processes_the_request_then_drops_the_answer(sb):
+    headers = {"Authorization": f"Bearer {sb.token()}"}
+    sb.admin_post("faults", {"error_rates": {"LOST_RESPONSE": 1}})
+    with pytest.raises(httpx.TransportError):
+        httpx.post(sb.base + V + "/sobjects/Lead", verify=sb.verify, headers=headers,
+                   json={"LastName": "LostAnswer", "Company": "Faults Inc"})
+    sb.admin_post("faults", {"reset": True})
+    r = httpx.get(sb.base + V + "/query", verify=sb.verify, headers=headers,
+                  params={"q": "SELECT Id FROM Lead WHERE LastName = 'LostAnswer'"})
+    assert r.json()["totalSize"] == 1  # the write happened although the client never heard back
+
+
 def test_latency(sb):
     sb.admin_post("faults", {"latency_ms": 150, "jitter_ms": 50, "seed": 1})
     with sb.http() as c:

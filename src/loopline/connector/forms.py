@@ -89,6 +89,12 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
     "log_email_tasks": (
         "Log emails sent to synced prospects as completed CRM tasks",
         "Each marketing email sent to a synced prospect appears on the CRM record's activity history."),
+    "external_id_field": (
+        "CRM external-id field for new records",
+        "API name of a unique external-id text field on Lead and Contact (e.g. <code>Loopline_Id__c</code>, 64 "
+        "characters). When the CRM has it, Loopline stamps every record it creates with it, so a create retried "
+        "after a network failure can never make a second record — even for prospects without an email. Leave "
+        "empty, or do not create the field, to create records without it."),
 }
 
 NEW_RECORD_CHOICES = [("Lead", "Lead"), ("Contact", "Contact"), ("PersonAccount", "Person account")]

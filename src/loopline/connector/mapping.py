@@ -31,6 +31,9 @@ def install_default_mapping(connector: Connector) -> None:
         ))
     FieldMapping.objects.filter(connector=connector).delete()
     FieldMapping.objects.bulk_create(rows)
+    from .outbox import clear_cache
+
+    clear_cache()  # bulk_create sends no post_save
 
 
 def _person_field(name: str) -> str:

@@ -6,6 +6,10 @@ them up ([R4]). Changes that came from the CRM itself are not queued (the pull a
 
 from __future__ import annotations
 
+import time
+
+from django.db import connections, router
+from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from loopline.platform import events
@@ -14,15 +18,54 @@ from .models import Connector, FieldMapping, OutboxEntry
 
 # Fields whose change can create or update the CRM record besides the mapped ones ([R11], [R18]).
 ALWAYS_RELEVANT = frozenset({"assigned_user", "score", "grade", "source_campaign", "email", "is_deleted"})
-IGNORED_SOURCES = frozenset({"crm"})
+IGNORED_SOURCES = frozenset({"crm", "lifecycle"})  # lifecycle: stage dates set by reporting, never mapped
+
+
+# Memo of "which connector serves this BU" and "which Loopline fields it maps" for the current (outermost)
+# transaction: a bulk job changing thousands of prospects in one transaction would otherwise run two lookups per
+# prospect. It lives on the outermost atomic block, so it never outlives a rolled-back transaction; saves of
+# connectors and mappings clear it, and CACHE_SECONDS bounds it for a decorator's re-used atomic block.
+CACHE_SECONDS = 2.0
+_CACHE_ATTR = "_loopline_outbox_memo"
+
+
+def _tx_cache() -> dict | None:
+    conn = connections[router.db_for_write(Connector)]
+    if not conn.in_atomic_block or not conn.atomic_blocks:
+        return None
+    block = conn.atomic_blocks[0]
+    now = time.monotonic()
+    held = getattr(block, _CACHE_ATTR, None)
+    if held is None or now - held[0] > CACHE_SECONDS:
+        held = (now, {})
+        setattr(block, _CACHE_ATTR, held)
+    return held[1]
+
+
+def _memo(kind: str, key: int, load):
+    cache = _tx_cache()
+    if cache is None:
+        return load()
+    if (kind, key) not in cache:
+        cache[(kind, key)] = load()
+    return cache[(kind, key)]
+
+
+def clear_cache(*_args, **_kwargs) -> None:
+    conn = connections[router.db_for_write(Connector)]
+    for block in conn.atomic_blocks:
+        if getattr(block, _CACHE_ATTR, None) is not None:
+            setattr(block, _CACHE_ATTR, None)
 
 
 def _connector_id(bu_id: int) -> int | None:
-    return Connector.objects.filter(bu_id=bu_id).values_list("id", flat=True).first()
+    return _memo("connector", bu_id,
+                 lambda: Connector.objects.filter(bu_id=bu_id).values_list("id", flat=True).first())
 
 
 def relevant_fields(connector_id: int, changed: frozenset[str] | set[str]) -> list[str]:
-    mapped = set(FieldMapping.objects.filter(connector_id=connector_id).values_list("loopline_field", flat=True))
+    mapped = _memo("mapped", connector_id, lambda: frozenset(
+        FieldMapping.objects.filter(connector_id=connector_id).values_list("loopline_field", flat=True)))
     return sorted(f for f in changed if f in mapped or f in ALWAYS_RELEVANT)
 
 
@@ -81,3 +124,6 @@ def on_bulk_changed(event: events.ProspectsBulkChanged) -> None:
 def connect() -> None:
     events.subscribe(events.ProspectChanged, on_prospect_changed)
     events.subscribe(events.ProspectsBulkChanged, on_bulk_changed)
+    for model in (Connector, FieldMapping):
+        post_save.connect(clear_cache, sender=model, dispatch_uid=f"connector-outbox-cache-save-{model.__name__}")
+        post_delete.connect(clear_cache, sender=model, dispatch_uid=f"connector-outbox-cache-del-{model.__name__}")

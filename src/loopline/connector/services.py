@@ -30,6 +30,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "grade_field": "",
     "campaign_field": "",
     "log_email_tasks": False,  # [R39]
+    "external_id_field": "Loopline_Id__c",  # [R25] creates go out as upserts on it when the CRM has the field
 }
 EDITABLE_SETTINGS = frozenset(DEFAULT_SETTINGS)
 

@@ -228,7 +228,8 @@ def settings_page(request):
             return redirect("connector:settings")
     groups = [
         ("Creating and matching records", ["auto_create_prospects", "update_email_from_crm",
-                                           "match_by_email_when_no_crm_id", "new_record_object"]),
+                                           "match_by_email_when_no_crm_id", "new_record_object",
+                                           "external_id_field"]),
         ("Field values", ["blank_crm_values_overwrite"]),
         ("Fixed fields sent to the CRM", ["score_field", "grade_field", "campaign_field"]),
         ("Activity", ["log_email_tasks"]),

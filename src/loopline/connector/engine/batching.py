@@ -90,6 +90,9 @@ class BatchLimits:
     bulk_threshold: int = 2000
     bulk_max_rows: int = 10_000
     api_version: str = "59.0"
+    # object type → external-id field: creates of that type go out as upserts on it ([R25]: a create re-sent after a
+    # lost answer finds the record it made instead of making a second one). The payload carries the field's value.
+    upsert_fields: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_records <= 200:
@@ -103,10 +106,18 @@ class Collection:
     object_type: str
     operation: WriteOp
     writes: tuple[CoalescedWrite, ...]
+    upsert_field: str | None = None  # creates only: upsert on this external-id field
 
     @property
     def method(self) -> str:
-        return "POST" if self.operation is WriteOp.CREATE else "PATCH"
+        return "POST" if self.operation is WriteOp.CREATE and not self.upsert_field else "PATCH"
+
+    @property
+    def url_path(self) -> str:
+        """Relative to ``/services/data/vXX.X/``."""
+        if self.upsert_field:
+            return f"composite/sobjects/{sobject_name(self.object_type)}/{self.upsert_field}"
+        return "composite/sobjects"
 
     def body(self) -> dict[str, Any]:
         return {"allOrNone": False, "records": [w.record() for w in self.writes]}
@@ -121,7 +132,7 @@ class ApiRequest:
 
     def path(self) -> str:
         """Relative to ``/services/data/vXX.X/``."""
-        return "composite" if self.composite else "composite/sobjects"
+        return "composite" if self.composite else self.collections[0].url_path
 
     def method(self) -> str:
         return "POST" if self.composite else self.collections[0].method
@@ -134,7 +145,7 @@ class ApiRequest:
             "compositeRequest": [
                 {
                     "method": c.method,
-                    "url": f"/services/data/v{api_version}/composite/sobjects",
+                    "url": f"/services/data/v{api_version}/{c.url_path}",
                     "referenceId": f"c{i}",
                     "body": c.body(),
                 }
@@ -334,8 +345,9 @@ def _build_step(writes: Sequence[CoalescedWrite], limits: BatchLimits, mode: Pla
             for i in range(0, len(group), limits.bulk_max_rows):
                 jobs.append(BulkJob(object_type, op, tuple(group[i : i + limits.bulk_max_rows])))
             continue
+        upsert = limits.upsert_fields.get(object_type) if op is WriteOp.CREATE else None
         for i in range(0, len(group), limits.max_records):
-            collections.append(Collection(object_type, op, tuple(group[i : i + limits.max_records])))
+            collections.append(Collection(object_type, op, tuple(group[i : i + limits.max_records]), upsert))
     per_request = limits.max_collections_per_request if limits.use_composite else 1
     requests = tuple(
         ApiRequest(tuple(collections[i : i + per_request]), limits.use_composite)
@@ -385,7 +397,7 @@ def collection_outcomes(
             )
             continue
         if item.get("success"):
-            created = w.operation is WriteOp.CREATE
+            created = bool(item.get("created", True)) if w.operation is WriteOp.CREATE else False
             outcomes.append(WriteOutcome(w, True, str(item.get("id") or w.crm_id or ""), created))
         else:
             outcomes.append(

@@ -76,6 +76,7 @@ class FieldDescribe:
     precision: int = 0
     scale: int = 0
     calculated: bool = False
+    external_id: bool = False
 
     @property
     def required_on_create(self) -> bool:
@@ -104,6 +105,7 @@ class FieldDescribe:
             precision=int(data.get("precision") or 0),
             scale=int(data.get("scale") or 0),
             calculated=bool(data.get("calculated", False)),
+            external_id=bool(data.get("externalId", False)),
         )
 
 

@@ -25,7 +25,6 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from loopline.platform.bulk import insert_rows, update_columns
 from loopline.prospects import services as prospect_services
 from loopline.prospects.fields import field_specs
 from loopline.prospects.models import Prospect
@@ -52,7 +51,7 @@ from ..metrics import SYNC_LATENCY, SYNCED_RECORDS
 from ..models import Connector, CrmLink, SyncError
 from ..models import Watermark as WatermarkRow
 from ..salesforce.client import CrmApiError
-from . import errors, runs
+from . import errors, fastwrite, runs
 from .context import POLLED_OBJECTS, SyncContext
 from .snapshots import crm_side, snapshot, split_writes, state_of
 
@@ -276,7 +275,7 @@ def apply_records(ctx: SyncContext, records: Sequence[CrmRecord], counters: RunC
 
 def _bump(link_bumps: list[CrmLink]) -> None:
     if link_bumps:
-        update_columns(CrmLink, {link.pk: {"last_crm_modstamp": link.last_crm_modstamp} for link in link_bumps},
+        fastwrite.update(CrmLink, {link.pk: {"last_crm_modstamp": link.last_crm_modstamp} for link in link_bumps},
                        ["last_crm_modstamp"])
 
 
@@ -473,7 +472,7 @@ def _create_prospects(ctx: SyncContext, records: Sequence[CrmRecord], counters: 
         else:
             counters.skip(SkipReason.ALREADY_LINKED)
     prospect_services.set_crm_fields(bu.pk, crm_updates)
-    insert_rows(CrmLink, new_links, ignore_conflicts=True)
+    fastwrite.insert(CrmLink, new_links, ignore_conflicts=True)
     SYNCED_RECORDS.labels("from_crm", "created").inc(len(created))
     return created
 

@@ -9,13 +9,15 @@ or skip with a reason. Outgoing values are checked against the describe ([R20]);
 to the error queue, not to the CRM. The writes go through sObject Collections packed five to a composite call (one
 API call per up to 1,000 records) and map back per record: one bad record never blocks the others.
 
-Idempotency ([R25]) — decision: **before creating, re-check by email.** Unlinked prospects are always looked up by
-email in the CRM first (the same query [R9] matching needs), so a create that reached the CRM before a crash (entry
-lease expired, link never saved) is found on the re-run and linked instead of created again. Prospects without an
-email cannot be re-checked this way; they are created at most once per successful drain (a crash in the
-milliseconds between the CRM's answer and our commit could duplicate one of them — an external-id upsert is the
-planned fix, see the bulk hook below). Two drains never work on one prospect at once: a drain drops prospects with
-another entry under lease.
+Idempotency ([R25]) — two guards. **Creates are upserts on an external id** when the org has the field named by the
+``external_id_field`` setting (default ``Loopline_Id__c``: a unique external-id text field on Lead/Contact): every
+record Loopline creates carries ``LL-<connector hash>-<prospect id>``, so a create re-sent after a lost answer or a
+worker killed between the CRM's answer and our commit finds its own record and updates it — prospects without an
+email included. And **before creating, re-check by email**: unlinked prospects are always looked up by email in the
+CRM first (the same query [R9] matching needs), so even without the field a create that reached the CRM is found on
+the re-run and linked instead of created again (then only email-less prospects stay exposed to that millisecond
+window — docs/connector.md tells admins to add the field). Two drains never work on one prospect at once: a drain
+drops prospects with another entry under lease.
 
 Bulk API 2.0 hook ([R23], next issue): :func:`use_bulk` decides per batch; today it always answers False, so every
 write goes through collections. When it answers True, ``plan_push`` (with ``bulk_threshold``) turns the updates into
@@ -34,7 +36,6 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from loopline.platform.bulk import insert_rows, update_columns
 from loopline.platform.queues import backoff_delay, claim_due
 from loopline.prospects import services as prospect_services
 from loopline.prospects.models import Prospect
@@ -64,7 +65,7 @@ from ..metrics import OUTBOX_BACKLOG, SYNC_LATENCY, SYNCED_RECORDS
 from ..models import Connector, CrmLink, OutboxEntry, SyncError
 from ..salesforce.auth import AuthError
 from ..salesforce.client import CrmApiError
-from . import budget, errors, runs
+from . import budget, errors, fastwrite, runs
 from .context import POLLED_OBJECTS, SyncContext, shared_client
 from .snapshots import agreed_baseline, owner_ids, snapshot, split_writes, state_of
 
@@ -334,6 +335,7 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
         connector=connector, prospect_id__in=list(snaps))}
     items: list[OutboxItem] = []
     pending: dict[int, dict[str, Any]] = {}
+    upsert_fields: dict[str, str | None] = {}
     now = timezone.now()
     for pid, snap in snaps.items():
         entries = claimed[pid]
@@ -388,12 +390,19 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
             if not checked.ok:
                 _invalid(ctx, pid, "", checked, entries, counters)
                 continue
-            pending[pid] = {"record": None, "object_type": object_type, "payload": checked.payload, "snap": snap}
-            items.append(OutboxItem(str(pid), 0, WriteOp.CREATE, object_type, checked.payload,
+            payload = dict(checked.payload)
+            upsert_field = upsert_fields.get(object_type)
+            if upsert_field is None and object_type not in upsert_fields:
+                upsert_field = upsert_fields[object_type] = external_id_field(ctx, object_type)
+            if upsert_field:
+                payload[upsert_field] = external_id_value(connector, pid)
+            pending[pid] = {"record": None, "object_type": object_type, "payload": payload, "snap": snap}
+            items.append(OutboxItem(str(pid), 0, WriteOp.CREATE, object_type, payload,
                                     min(e.created_at for e in entries), entry_id=pid))
     if not items:
         return
-    limits = BatchLimits(api_version=ctx.api_version, bulk_threshold=10**12)
+    limits = BatchLimits(api_version=ctx.api_version, bulk_threshold=10**12,
+                         upsert_fields={k: v for k, v in upsert_fields.items() if v})
     plan = plan_push(items, limits)
     failed_keys: set[str] = set()
     batch = OutcomeBatch(ctx, now)
@@ -421,6 +430,30 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
         if failed_keys:  # a failed record's later writes wait in the outbox (order per record is kept)
             steps = steps[:index + 1] + list(plan.without_keys(failed_keys, from_step=index + 1).steps)
         index += 1
+
+
+def external_id_field(ctx: SyncContext, object_type: str) -> str | None:
+    """The external-id field creates of ``object_type`` upsert on ([R25]), when the setting names one and the CRM's
+    describe shows it as a createable external id; otherwise None (plain creates)."""
+    name = str(ctx.raw_settings.get("external_id_field") or "").strip()
+    if not name:
+        return None
+    try:
+        described = ctx.describe(object_type).get(name)
+    except Exception:  # describe unavailable: create without it rather than not at all
+        logger.warning("describe of %s failed; creating without the external id", object_type, exc_info=True)
+        return None
+    if described is None or not described.external_id or not described.createable:
+        return None
+    return described.name
+
+
+def external_id_value(connector: Connector, prospect_id: int) -> str:
+    """Stable per connector and prospect, unique across Loopline installations sharing one org."""
+    import hashlib
+
+    seed = f"{connector.pk}:{connector.created_at.isoformat() if connector.created_at else ''}"
+    return f"LL-{hashlib.sha256(seed.encode()).hexdigest()[:10]}-{prospect_id}"
 
 
 def _apply_to_loopline(ctx: SyncContext, prospect: Prospect, resolution) -> None:
@@ -476,9 +509,9 @@ class OutcomeBatch:
                     changed.setdefault(tuple(sorted(row)), {})[existing[crm_id]] = row
                 else:
                     new.append({**row, "connector_id": ctx.connector.pk, "crm_id": crm_id})
-            insert_rows(CrmLink, new, ignore_conflicts=True)
+            fastwrite.insert(CrmLink, new, ignore_conflicts=True)
             for names, rows in changed.items():
-                update_columns(CrmLink, rows, list(names))
+                fastwrite.update(CrmLink, rows, list(names))
         prospect_services.set_crm_fields(ctx.connector.bu_id, self.crm_fields)
         _done(self.done)
         errors.resolve_for(ctx.connector, self.resolved)

@@ -17,11 +17,17 @@ class CrmApp:
     cert_pem: str
 
 
+# The external id creates upsert on ([R25]); the demo sandbox declares it with ``crmsandbox init --loopline-fields``.
+LOOPLINE_ID = {"name": "Loopline_Id__c", "type": "string", "length": 64, "external_id": True, "unique": True}
+
+
 @pytest.fixture(scope="session")
 def crm():
     sandbox = SandboxProcess.start(config={
-        "custom_fields": {"Lead": [{"name": "Region__c", "type": "picklist", "values": ["EMEA", "AMER"],
-                                    "restricted": True}]},
+        "custom_fields": {
+            "Lead": [{"name": "Region__c", "type": "picklist", "values": ["EMEA", "AMER"], "restricted": True},
+                     LOOPLINE_ID],
+            "Contact": [LOOPLINE_ID]},
         "validation_rules": {"Lead": [{"name": "WebsiteFormat", "field": "Website", "condition": "regex",
                                        "pattern": "https?://.+", "message": "Website must start with http"}]},
     })

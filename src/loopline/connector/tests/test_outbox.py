@@ -70,3 +70,24 @@ def test_changes_from_the_crm_are_not_echoed_back(connector, bu):  # [R24]
 def test_no_connector_no_outbox(bu):
     services.create_prospect(bu, {"email": "a@x.test", "company": "Acme"})
     assert not OutboxEntry.objects.exists()
+
+
+def test_the_per_transaction_memo_sees_a_mapping_added_mid_transaction(connector, bu):
+    # [R23] the outbox subscriber reads "connector of this BU / mapped fields" once per transaction; saving a mapping
+    # clears that memo, so a field mapped a moment ago is queued at once.
+    p = services.create_prospect(bu, {"email": "memo@x.test"})
+    OutboxEntry.objects.all().delete()
+    services.update_prospect(p, {"job_title": "CTO"})
+    assert not OutboxEntry.objects.exists()  # not mapped (yet)
+    FieldMapping.objects.create(connector=connector, loopline_field="job_title", lead_field="Title")
+    services.update_prospect(p, {"job_title": "CEO"})
+    assert OutboxEntry.objects.get(prospect=p).changed_fields == ["job_title"]
+
+
+def test_a_bu_without_connector_queues_nothing_and_a_new_connector_is_seen(bu, other_bu):
+    p = services.create_prospect(other_bu, {"email": "none@x.test", "first_name": "No"})
+    assert not OutboxEntry.objects.exists()
+    c = Connector.objects.create(bu=other_bu)
+    FieldMapping.objects.create(connector=c, loopline_field="first_name", lead_field="FirstName")
+    services.update_prospect(p, {"first_name": "Yes"})
+    assert OutboxEntry.objects.get(prospect=p).connector_id == c.pk

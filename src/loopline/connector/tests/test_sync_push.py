@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from django.utils import timezone
+
 from loopline.connector.models import CrmLink, CrmUser, OutboxEntry, SyncRun
+from loopline.connector.sync import push
 from loopline.prospects import services as prospects
 from loopline.prospects.models import Prospect
 
@@ -128,3 +131,46 @@ def test_a_killed_drain_leaves_leased_rows_that_the_next_worker_takes_over(conne
     drain_all(connector)
     p.refresh_from_db()
     assert p.crm_lead_id and _count(crm, "Lead", p.email) == 1
+
+
+def test_a_create_whose_answer_was_lost_is_not_made_twice_even_without_email(connector, crm, bu, admin_user, unique):
+    # [R25] the CRM creates the lead but the answer never arrives (connection closed after the write). The prospect
+    # has no email, so the re-check by email cannot find the record: the create is an upsert on Loopline_Id__c.
+    from loopline.connector.sync.push import external_id_value
+
+    p = prospects.create_prospect(bu, {"first_name": "No", "last_name": f"Email{unique}", "company": "Lost Co"})
+    prospects.assign_prospect(p, admin_user)
+    drain_all(connector)  # warm the describes: the lost answer below must be the create itself
+    p.refresh_from_db()
+    first_id = p.crm_lead_id
+    assert first_id
+    stamp = external_id_value(connector, p.pk)
+    assert crm.get("Lead", first_id)["Loopline_Id__c"] == stamp
+    # Now the crash window: forget the link, queue the prospect again, lose the CRM's answer to the create.
+    CrmLink.objects.filter(connector=connector, prospect=p).delete()
+    Prospect.objects.filter(pk=p.pk).update(crm_lead_id="")
+    OutboxEntry.objects.filter(prospect=p).update(status=OutboxEntry.Status.PENDING, locked_until=None)
+    crm.faults(error_rates={"LOST_RESPONSE": 1})
+    push.drain(connector)
+    crm.faults(reset=True)
+    p.refresh_from_db()
+    assert not p.crm_lead_id  # nothing was heard back: nothing linked, the entry waits for its retry
+    assert OutboxEntry.objects.filter(prospect=p, status=OutboxEntry.Status.PENDING).exists()
+    OutboxEntry.objects.filter(prospect=p).update(next_run_at=timezone.now())
+    drain_all(connector)
+    p.refresh_from_db()
+    assert p.crm_lead_id == first_id
+    assert len(crm.query(f"SELECT Id FROM Lead WHERE LastName = 'Email{unique}'")) == 1
+    assert CrmLink.objects.filter(connector=connector, crm_id=first_id, prospect=p).exists()
+
+
+def test_without_the_external_id_field_creates_are_plain_inserts(admin_access, crm, crm_app, bu, admin_user, unique):
+    # [R25] the setting names a field the org does not have: creates still work (plain inserts).
+    from .conftest import make_connector
+
+    connector = make_connector(admin_access, crm, crm_app, external_id_field="Missing_Id__c")
+    p = prospects.create_prospect(bu, {"email": f"plain.{unique}@example.test", "last_name": "Plain"})
+    prospects.assign_prospect(p, admin_user)
+    drain_all(connector)
+    p.refresh_from_db()
+    assert p.crm_lead_id and not crm.get("Lead", p.crm_lead_id).get("Loopline_Id__c")

@@ -1,0 +1,73 @@
+"""A short chaos run ([R25], [R26]): the CRM fails, drops and loses the answers of a share of the calls while both
+sides change; once it behaves again, everything converges with no duplicate and nothing lost."""
+
+from __future__ import annotations
+
+import contextlib
+
+from django.db.models import Count
+from django.utils import timezone
+
+from loopline.connector.models import CrmLink, OutboxEntry
+from loopline.connector.salesforce.auth import AuthError
+from loopline.connector.salesforce.client import CrmApiError
+from loopline.connector.sync import pull, push
+from loopline.prospects import services as prospects
+from loopline.prospects.models import Prospect
+
+FAULTS = {"UNABLE_TO_LOCK_ROW": 0.1, "SERVER_UNAVAILABLE": 0.1, "DROP": 0.05, "LOST_RESPONSE": 0.15}
+
+
+def _pass(connector) -> None:
+    """One worker pass that survives failures (the worker loop does the same, with backoff)."""
+    connector.refresh_from_db()
+    with contextlib.suppress(CrmApiError, AuthError):
+        pull.poll(connector)
+    for _ in range(10):
+        try:
+            if push.drain(connector).note == "the outbox is empty":
+                break
+        except (CrmApiError, AuthError):
+            break
+    # Retries wait with backoff; fast-forward them (and leases of calls whose answer never came).
+    OutboxEntry.objects.filter(connector=connector, status=OutboxEntry.Status.PENDING).update(
+        next_run_at=timezone.now(), locked_until=None)
+
+
+def test_faults_and_lost_answers_leave_no_duplicate_and_lose_nothing(connector, crm, bu, admin_user, unique):
+    edited = [crm.create("Lead", LastName=f"Edit{i}{unique}", Company="Co", Email=f"edit{i}.{unique}@example.test")
+              for i in range(8)]
+    _pass(connector)  # the new leads arrive as prospects
+    assert Prospect.objects.filter(bu=bu, crm_lead_id__in=edited).count() == 8
+    created = []
+    for i in range(12):
+        data = {"last_name": f"New{i}x{unique}", "company": "Chaos"}
+        if i % 3:
+            data["email"] = f"new{i}.{unique}@example.test"
+        p = prospects.create_prospect(bu, data)
+        prospects.assign_prospect(p, admin_user)
+        created.append(p.pk)
+    crm.faults(error_rates=FAULTS, seed=11)
+    for lead_id in edited:
+        for _ in range(10):  # the test's own CRM edits ride out the faults too
+            try:
+                crm.update("Lead", lead_id, Title=f"T{unique}")
+                break
+            except Exception:  # injected faults
+                continue
+    for _ in range(6):
+        _pass(connector)
+    crm.faults(reset=True)
+    for _ in range(3):
+        _pass(connector)
+
+    leads = crm.query(f"SELECT Id, LastName FROM Lead WHERE LastName LIKE 'New%x{unique}'")
+    names = [r["LastName"] for r in leads]
+    assert len(names) == len(set(names)) == 12  # every prospect once in the CRM, no duplicate
+    assert Prospect.objects.filter(pk__in=created, crm_lead_id="").count() == 0
+    assert Prospect.objects.filter(bu=bu, crm_lead_id__in=edited, job_title=f"T{unique}").count() == 8
+    assert not Prospect.objects.filter(bu=bu).exclude(crm_lead_id="").values("crm_lead_id").annotate(
+        n=Count("id")).filter(n__gt=1).exists()
+    assert not CrmLink.objects.filter(connector=connector).values("prospect_id", "crm_object").annotate(
+        n=Count("id")).filter(n__gt=1).exists()
+    assert not OutboxEntry.objects.filter(connector=connector, status=OutboxEntry.Status.FAILED).exists()
