@@ -138,38 +138,54 @@ def mark_lifecycle_many(bu, stage: str, when: Mapping[int, dt.datetime]) -> int:
     bu_id = getattr(bu, "pk", bu)
     upto = STAGES.index(stage) + 1
     fields = [metrics.STAGE_FIELDS[s] for s in STAGES[:upto]]
-    changed = 0
     deltas: dict = defaultdict(lambda: [0, 0.0])
+    # Prospects needing the same dates share one UPDATE: a bulk pull or import marks thousands with the same "now".
+    groups: dict[tuple, list[int]] = defaultdict(list)
     rows = Prospect.objects.filter(bu_id=bu_id, pk__in=list(when)).values("pk", "created_at", *fields)
     for row in rows:
         if row[fields[-1]] is not None:
             continue  # already there: never moves
         previous = row["created_at"]
-        updates = {}
-        for s, field in zip(STAGES[:upto], fields, strict=True):
+        updates = []
+        for field in fields:
             current = row[field]
             if current is not None:
                 previous = current
                 continue
             value = max(when[row["pk"]], previous)
-            updates[field] = value
-            key = (s, metrics.utc_day(value), 0)
-            deltas[key][0] += 1
-            deltas[key][1] += (value - previous).total_seconds()
+            updates.append((field, value, (value - previous).total_seconds()))
             previous = value
-        guard = {f"{f}__isnull": True for f in updates}
-        if Prospect.objects.filter(pk=row["pk"], **guard).update(**updates):
-            changed += 1
-            events.publish(events.ProspectChanged(bu_id=bu_id, prospect_id=row["pk"],
-                                                  changed_fields=frozenset(updates), source="system"))
-        else:  # lost a race with another writer: it counted
-            for f, value in updates.items():
-                s = next(k for k, v in metrics.STAGE_FIELDS.items() if v == f)
-                deltas[(s, metrics.utc_day(value), 0)][0] -= 1
+        groups[tuple(updates)].append(row["pk"])
+    changed_ids: list[int] = []
+    changed_fields: set[str] = set()
+    stage_of = {v: k for k, v in metrics.STAGE_FIELDS.items()}
+    for updates, ids in groups.items():
+        guard = {f"{f}__isnull": True for f, _, _ in updates}
+        for start in range(0, len(ids), 2000):
+            chunk = ids[start:start + 2000]
+            # The guard keeps dates monotonic if another writer got there first; only what we set is counted.
+            won = list(Prospect.objects.filter(pk__in=chunk, **guard).values_list("pk", flat=True))
+            if not won:
+                continue
+            Prospect.objects.filter(pk__in=won, **guard).update(**{f: v for f, v, _ in updates})
+            changed_ids.extend(won)
+            for f, value, seconds in updates:
+                key = (stage_of[f], metrics.utc_day(value), 0)
+                deltas[key][0] += len(won)
+                deltas[key][1] += seconds * len(won)
+                changed_fields.add(f)
     metrics.bump(bu_id, {k: (n, sec) for k, (n, sec) in deltas.items() if n})
-    return changed
+    if len(changed_ids) == 1:
+        events.publish(events.ProspectChanged(bu_id=bu_id, prospect_id=changed_ids[0],
+                                              changed_fields=frozenset(changed_fields), source=LIFECYCLE_SOURCE))
+    elif changed_ids:
+        events.publish(events.ProspectsBulkChanged(bu_id=bu_id, prospect_ids=tuple(changed_ids),
+                                                   source=LIFECYCLE_SOURCE))
+    return len(changed_ids)
 
 
+# Stage dates are derived data: the CRM outbox, grading and this module's own handlers ignore changes from this source.
+LIFECYCLE_SOURCE = "lifecycle"
 LIFECYCLE_FIELDS = frozenset(metrics.STAGE_FIELDS.values())
 _MQL_TRIGGERS = frozenset({"score", "grade"})
 _SQL_TRIGGERS = frozenset({"assigned_user", "assigned_user_id", "crm_lead_id", "crm_contact_id"})
@@ -189,6 +205,8 @@ def on_prospect_changed(event) -> None:
 
 
 def on_prospects_bulk_changed(event) -> None:
+    if event.source == LIFECYCLE_SOURCE:
+        return
     _check_prospects(event.bu_id, list(event.prospect_ids), created=list(event.created_ids), mql=True, sql=True)
 
 

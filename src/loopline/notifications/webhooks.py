@@ -182,6 +182,13 @@ def queue_event(bu_id: int, event: str, data: dict[str, Any], *, endpoint_ids: I
     targets = list(endpoint_ids) if endpoint_ids is not None else _listeners(bu_id, event)
     if not targets:
         return 0
+    if endpoint_ids is None:
+        # The listener cache may be a few seconds stale (an endpoint deleted in another process): confirm the rows
+        # exist, so a stale cache can never fail the caller's transaction with a foreign-key error.
+        targets = list(WebhookEndpoint.objects.filter(pk__in=targets, bu_id=bu_id, is_active=True)
+                       .values_list("pk", flat=True))
+        if not targets:
+            return 0
     now = timezone.now()
     rows = []
     for endpoint_id in targets:

@@ -524,8 +524,8 @@ def on_prospect_changed(event: events.ProspectChanged) -> None:
 
 
 def on_prospects_bulk_changed(event: events.ProspectsBulkChanged) -> None:
-    if event.source == "system":
-        return  # our own rescore/regrade batches
+    if event.source in ("system", "lifecycle"):
+        return  # our own rescore/regrade batches; lifecycle stage dates never change a grade
     if len(event.prospect_ids) <= 2000:
         regrade_ids(event.bu_id, event.prospect_ids)
     else:
