@@ -141,38 +141,41 @@ def mark_lifecycle_many(bu, stage: str, when: Mapping[int, dt.datetime]) -> int:
     deltas: dict = defaultdict(lambda: [0, 0.0])
     # Prospects needing the same dates share one UPDATE: a bulk pull or import marks thousands with the same "now".
     groups: dict[tuple, list[int]] = defaultdict(list)
+    waited: dict[int, list[float]] = {}  # seconds each prospect spent in the previous stage, per new stage date
     rows = Prospect.objects.filter(bu_id=bu_id, pk__in=list(when)).values("pk", "created_at", *fields)
     for row in rows:
         if row[fields[-1]] is not None:
             continue  # already there: never moves
         previous = row["created_at"]
-        updates = []
+        updates, seconds = [], []
         for field in fields:
             current = row[field]
             if current is not None:
                 previous = current
                 continue
             value = max(when[row["pk"]], previous)
-            updates.append((field, value, (value - previous).total_seconds()))
+            updates.append((field, value))
+            seconds.append((value - previous).total_seconds())
             previous = value
         groups[tuple(updates)].append(row["pk"])
+        waited[row["pk"]] = seconds
     changed_ids: list[int] = []
     changed_fields: set[str] = set()
     stage_of = {v: k for k, v in metrics.STAGE_FIELDS.items()}
     for updates, ids in groups.items():
-        guard = {f"{f}__isnull": True for f, _, _ in updates}
+        guard = {f"{f}__isnull": True for f, _ in updates}
         for start in range(0, len(ids), 2000):
             chunk = ids[start:start + 2000]
             # The guard keeps dates monotonic if another writer got there first; only what we set is counted.
             won = list(Prospect.objects.filter(pk__in=chunk, **guard).values_list("pk", flat=True))
             if not won:
                 continue
-            Prospect.objects.filter(pk__in=won, **guard).update(**{f: v for f, v, _ in updates})
+            Prospect.objects.filter(pk__in=won, **guard).update(**dict(updates))
             changed_ids.extend(won)
-            for f, value, seconds in updates:
+            for i, (f, value) in enumerate(updates):
                 key = (stage_of[f], metrics.utc_day(value), 0)
                 deltas[key][0] += len(won)
-                deltas[key][1] += seconds * len(won)
+                deltas[key][1] += sum(waited[pk][i] for pk in won)
                 changed_fields.add(f)
     metrics.bump(bu_id, {k: (n, sec) for k, (n, sec) in deltas.items() if n})
     if len(changed_ids) == 1:
