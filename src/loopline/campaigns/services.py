@@ -147,7 +147,8 @@ def mark_lifecycle_many(bu, stage: str, when: Mapping[int, dt.datetime]) -> int:
         if row[fields[-1]] is not None:
             continue  # already there: never moves
         previous = row["created_at"]
-        updates, seconds = [], []
+        updates: list[tuple[str, dt.datetime]] = []
+        seconds: list[float] = []
         for field in fields:
             current = row[field]
             if current is not None:
@@ -162,17 +163,17 @@ def mark_lifecycle_many(bu, stage: str, when: Mapping[int, dt.datetime]) -> int:
     changed_ids: list[int] = []
     changed_fields: set[str] = set()
     stage_of = {v: k for k, v in metrics.STAGE_FIELDS.items()}
-    for updates, ids in groups.items():
-        guard = {f"{f}__isnull": True for f, _ in updates}
+    for dates, ids in groups.items():
+        guard = {f"{f}__isnull": True for f, _ in dates}
         for start in range(0, len(ids), 2000):
             chunk = ids[start:start + 2000]
             # The guard keeps dates monotonic if another writer got there first; only what we set is counted.
             won = list(Prospect.objects.filter(pk__in=chunk, **guard).values_list("pk", flat=True))
             if not won:
                 continue
-            Prospect.objects.filter(pk__in=won, **guard).update(**dict(updates))
+            Prospect.objects.filter(pk__in=won, **guard).update(**dict(dates))
             changed_ids.extend(won)
-            for i, (f, value) in enumerate(updates):
+            for i, (f, value) in enumerate(dates):
                 key = (stage_of[f], metrics.utc_day(value), 0)
                 deltas[key][0] += len(won)
                 deltas[key][1] += sum(waited[pk][i] for pk in won)
