@@ -25,6 +25,8 @@ class Program(models.Model):
     bu = models.ForeignKey("accounts.BusinessUnit", on_delete=models.CASCADE, related_name="programs")
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
+    campaign = models.ForeignKey("campaigns.Campaign", null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="+", help_text="The campaign this program's touches count for ([M33]).")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     recipient_list_ids = models.JSONField(default=list, blank=True, help_text="Lists whose members enter.")
     suppression_list_ids = models.JSONField(default=list, blank=True, help_text="Lists whose members never enter.")

@@ -108,6 +108,15 @@ def clean_program(bu: BusinessUnit, data: Mapping[str, Any]) -> dict[str, Any]:
         errors["name"] = ["A program needs a name (up to 200 characters)"]
     out["name"] = name
     out["description"] = str(data.get("description", "") or "")[:5000]
+    campaign_id = data.get("campaign_id")
+    out["campaign_id"] = None
+    if campaign_id not in (None, ""):
+        from loopline.campaigns.models import Campaign
+
+        if not str(campaign_id).isdigit() or not Campaign.objects.filter(bu=bu, pk=int(campaign_id)).exists():
+            errors["campaign_id"] = ["Choose a campaign of this business unit"]
+        else:
+            out["campaign_id"] = int(campaign_id)
     for key, what in (("recipient_list_ids", "Recipient lists"), ("suppression_list_ids", "Suppression lists")):
         try:
             ids = _ids(data.get(key), what)

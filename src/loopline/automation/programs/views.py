@@ -57,11 +57,18 @@ def program_index(request):
 
 def _program_data(post) -> dict:
     return {"name": post.get("name", ""), "description": post.get("description", ""),
+            "campaign_id": post.get("campaign_id", ""),
             "recipient_list_ids": post.getlist("recipient_list_ids"),
             "suppression_list_ids": post.getlist("suppression_list_ids"),
             "business_hours": bool(post.get("business_hours")), "business_days": post.getlist("business_days"),
             "business_start": post.get("business_start", ""), "business_end": post.get("business_end", ""),
             "timezone": post.get("timezone", "")}
+
+
+def _campaigns(bu):
+    from loopline.campaigns.models import Campaign
+
+    return Campaign.objects.filter(bu=bu).order_by("name").only("pk", "name")
 
 
 WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
@@ -89,18 +96,19 @@ def program_edit(request, pk: int | None = None):
                   "suppression_list_ids": [int(x) for x in data["suppression_list_ids"] if str(x).isdigit()],
                   "business_days": [int(x) for x in data["business_days"] if str(x).isdigit()]}
     elif program:
-        values = {"name": program.name, "description": program.description,
+        values = {"name": program.name, "description": program.description, "campaign_id": program.campaign_id or "",
                   "recipient_list_ids": program.recipient_list_ids, "suppression_list_ids": program.suppression_list_ids,
                   "business_hours": program.business_hours, "business_days": program.business_days,
                   "business_start": program.business_start.strftime("%H:%M") if program.business_start else "09:00",
                   "business_end": program.business_end.strftime("%H:%M") if program.business_end else "17:00",
                   "timezone": program.timezone}
     else:
-        values = {"name": "", "description": "", "recipient_list_ids": [], "suppression_list_ids": [],
+        values = {"name": "", "description": "", "campaign_id": "", "recipient_list_ids": [], "suppression_list_ids": [],
                   "business_hours": False, "business_days": [0, 1, 2, 3, 4], "business_start": "09:00",
                   "business_end": "17:00", "timezone": ""}
     return render(request, "programs/edit.html", {"program": program, "values": values, "errors": errors,
-                                                  "lists": _lists(access.bu), "weekdays": WEEKDAYS})
+                                                  "lists": _lists(access.bu), "weekdays": WEEKDAYS,
+                                                  "campaigns": _campaigns(access.bu)})
 
 
 def _detail_context(program: Program) -> dict:

@@ -99,3 +99,17 @@ def test_index_and_groups_pages(client_in, marketing_access, marketing_user):
     assert response.status_code == 302
     page = client_in.get(reverse("programs:groups"))
     assert b"Team" in page.content and b"next" in page.content
+
+
+def test_a_program_belongs_to_a_campaign_of_its_own_business_unit(client_in, bu, other_bu):  # [M33]
+    from loopline.campaigns.models import Campaign
+
+    mine = Campaign.objects.create(bu=bu, name="Spring launch")
+    foreign = Campaign.objects.create(bu=other_bu, name="Not ours")
+    refused = client_in.post(reverse("programs:create"), {"name": "Nurture", "campaign_id": foreign.pk})
+    assert refused.status_code == 200 and b"Choose a campaign of this business unit" in refused.content
+    assert not Program.objects.filter(name="Nurture").exists()
+    client_in.post(reverse("programs:create"), {"name": "Nurture", "campaign_id": mine.pk})
+    program = Program.objects.get(name="Nurture")
+    assert program.campaign == mine
+    assert b"Spring launch</option>" in client_in.get(reverse("programs:edit", args=[program.pk])).content
