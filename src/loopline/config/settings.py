@@ -164,6 +164,10 @@ AUTH_PASSWORD_VALIDATORS = [
 if TESTING:
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+# The header's live notification badge polls once a second. Browser tests run against Django's threaded live server,
+# which shares one SQLite connection between request threads, so they leave it out unless a test asks for it.
+NOTIFICATIONS_LIVE_BADGE = env_bool("LOOPLINE_NOTIFICATIONS_LIVE_BADGE", default=not TESTING)
+
 # Login throttling: failed attempts per (email, IP) inside the window before a lockout.
 LOGIN_MAX_FAILURES = int(os.environ.get("LOOPLINE_LOGIN_MAX_FAILURES", "5"))
 LOGIN_MAX_FAILURES_PER_IP = int(os.environ.get("LOOPLINE_LOGIN_MAX_FAILURES_PER_IP", "50"))

@@ -133,3 +133,11 @@ def test_preferences_page_round_trip(bu, sales_user):
     pref = Preference.objects.get(user=sales_user, bu=bu)
     assert pref.digest == "all" and services.wants(pref, "assignment", "email")
     assert not services.wants(pref, "assignment", "app")
+
+
+def test_header_carries_the_live_badge_when_enabled(client, marketing_user, settings):  # [M32]
+    client.force_login(marketing_user)
+    settings.NOTIFICATIONS_LIVE_BADGE = True
+    assert b'id="notif-live"' in client.get("/prospects/").content
+    settings.NOTIFICATIONS_LIVE_BADGE = False
+    assert b'id="notif-live"' not in client.get("/prospects/").content

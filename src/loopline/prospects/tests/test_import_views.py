@@ -64,7 +64,7 @@ def test_full_flow(client, bu, marketing_user, django_capture_on_commit_callback
 
     run_import.call(job.pk)  # what the worker does (a no-op if an immediate backend already ran it)
     page = client.get(reverse("prospects:import_job", args=[job.pk])).content.decode()
-    assert "Import finished" in page and "hx-trigger" not in page and "Download rejected rows" in page
+    assert "Import finished" in page and 'hx-trigger="every 1s"' not in page and "Download rejected rows" in page
     assert Prospect.objects.get(bu=bu, email="ada@example.com").company == "Acme"
 
     report = client.get(reverse("prospects:import_rejects", args=[job.pk]))

@@ -160,7 +160,7 @@ def test_detail_shows_fields_crm_and_timeline(client, admin_user, bu, data):
     assert response.status_code == 200
     content = response.content.decode()
     for text in ("Mia Reed", "Zeta Corp", "Favourite colour", "Teal", "Pricing page", "Newsletter",
-                 "00Q000000000001AAA", "Do not sync", "No lists yet", "Visitors"):
+                 "00Q000000000001AAA", "Do not sync", f"/automation/prospects/{prospect.pk}/lists/", "Visitors"):
         assert text in content, text
     filtered = client.get(f"/prospects/{prospect.pk}/timeline/", {"type": ActivityType.EMAIL_OPEN})
     assert b"Newsletter" in filtered.content and b"Pricing page" not in filtered.content
