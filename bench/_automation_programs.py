@@ -17,14 +17,12 @@ each prospect was tagged once and has exactly one ledger row.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_environment, log
+from _common import log, measure_part, part_main
 
 
 def _fill(bu_id: int, count: int) -> None:
@@ -99,22 +97,8 @@ def _run(prospects: int) -> dict:
 
 def measure(database_url: str | None, prospects: int) -> dict:
     """``{"program_step_s": seconds}`` for a program advancing ``prospects`` prospects one non-email step."""
-    import django.apps
-
-    if django.apps.apps.ready:
-        return _run(prospects)
-    with bench_environment(database_url, prefix="loopline-bench-programs"):
-        return _run(prospects)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--prospects", type=int, default=1_000_000)
-    parser.add_argument("--database-url", default=None, help="PostgreSQL server URL (default: a SQLite file)")
-    args = parser.parse_args()
-    figures = measure(args.database_url, args.prospects)
-    print(json.dumps({"prospects": args.prospects, **figures}))
+    return measure_part(_run, database_url, prospects, prefix="loopline-bench-programs")
 
 
 if __name__ == "__main__":
-    main()
+    part_main(measure, __doc__.splitlines()[1])

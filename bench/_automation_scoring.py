@@ -21,8 +21,6 @@ an activity for a prospect assigned to that user; the sample is the time until t
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import re
 import statistics
@@ -33,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_environment, log
+from _common import log, measure_part, part_main
 
 ACTIVITIES_PER_PROSPECT = 20
 ALERT_SAMPLES = 40
@@ -244,22 +242,8 @@ def _run(prospects: int) -> dict:
 
 def measure(database_url: str | None, prospects: int) -> dict:
     """``{"rescoring_s": seconds, "alert_latency_p95_ms": ms}`` for a BU of ``prospects`` prospects."""
-    import django.apps
-
-    if django.apps.apps.ready:
-        return _run(prospects)
-    with bench_environment(database_url, prefix="loopline-bench-scoring"):
-        return _run(prospects)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--prospects", type=int, default=1_000_000)
-    parser.add_argument("--database-url", default=None, help="PostgreSQL server URL (default: a SQLite file)")
-    args = parser.parse_args()
-    figures = measure(args.database_url, args.prospects)
-    print(json.dumps({"prospects": args.prospects, **figures}))
+    return measure_part(_run, database_url, prospects, prefix="loopline-bench-scoring")
 
 
 if __name__ == "__main__":
-    main()
+    part_main(measure, __doc__.splitlines()[1])

@@ -67,3 +67,27 @@ def bench_environment(database_url: str | None, *, prefix: str):
                 conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
             log(f"dropped {db_name}")
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure_part(run, database_url: str | None, prospects: int, *, prefix: str) -> dict:
+    """Run one part of bench/automation.py: inside the caller's environment when Django is already set up (the
+    combined script), otherwise in a throw-away one of its own."""
+    import django.apps
+
+    if django.apps.apps.ready:
+        return run(prospects)
+    with bench_environment(database_url, prefix=prefix):
+        return run(prospects)
+
+
+def part_main(measure, description: str) -> None:
+    """Command line of a bench part: ``--prospects N [--database-url URL]``, one JSON line."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--prospects", type=int, default=1_000_000)
+    parser.add_argument("--database-url", default=None, help="PostgreSQL server URL (default: a SQLite file)")
+    args = parser.parse_args()
+    figures = measure(args.database_url, args.prospects)
+    print(json.dumps({"prospects": args.prospects, **figures}))
