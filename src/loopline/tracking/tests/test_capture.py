@@ -128,3 +128,17 @@ def test_fuzzed_hits_never_500(client, tracker, payload):
     r = post(client, tracker.key, json.dumps(payload))
     assert r.status_code < 500
     ingest_all()  # whatever was accepted ingests cleanly
+
+
+def test_hits_take_the_fast_path_but_keep_security_headers_and_request_id(client, tracker, settings):
+    # The fast path skips sessions and CSRF: a hit never sets a cookie, even when the client sends a session cookie.
+    client.cookies["sessionid"] = "not-a-session"
+    r = post(client, tracker.key, {"visitor": uuid.uuid4().hex, "url": "https://acme.test/"},
+             HTTP_X_REQUEST_ID="req-123")
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    assert r["X-Content-Type-Options"] == "nosniff"  # SecurityMiddleware still runs
+    assert r["X-Request-Id"] == "req-123"  # so does the request log
+    assert int(r["Content-Length"]) == len(r.content)  # keep-alive clients read exactly the body
+    assert "sessionid" not in r.cookies and "csrftoken" not in r.cookies
+    # A key with a slash is not a hit URL: the normal stack answers it (404 from the URLconf).
+    assert client.post("/t/a/b/hit", data="{}", content_type="text/plain").status_code == 404
