@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import sqlite3
 import time
@@ -51,12 +52,16 @@ def _connect(path: Path, *, fsync: bool) -> sqlite3.Connection:
     return conn
 
 
+_serial = itertools.count()
+
+
 class SpoolWriter:
     """This process's spool file. Used from the single hit-writer thread only."""
 
     def __init__(self, *, fsync: bool = True):
         self.pid = os.getpid()
-        self.path = spool_dir() / f"hits-{self.pid}-{int(time.time() * 1000)}.sqlite3"
+        # Several writer threads per process may open their files in the same millisecond.
+        self.path = spool_dir() / f"hits-{self.pid}-{int(time.time() * 1000)}-{next(_serial)}.sqlite3"
         self._lock_fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.conn = _connect(self.path, fsync=fsync)

@@ -19,8 +19,8 @@ def spool_writer(settings, tmp_path):
     settings.TRACKING_FSYNC = False
     writer = capture.HitWriter()
     yield writer
-    if writer._spool is not None:
-        writer._spool.conn.close()
+    for spool_file in writer._spools:
+        spool_file.conn.close()
 
 
 def _row(i: int) -> tuple:
@@ -28,7 +28,8 @@ def _row(i: int) -> tuple:
 
 
 def _stored(writer) -> list[str]:
-    return [r[0] for r in writer._spool.conn.execute("SELECT cookie FROM hits ORDER BY id")]
+    # Each writer thread has its own spool file.
+    return [r[0] for w in writer._spools for r in w.conn.execute("SELECT cookie FROM hits ORDER BY id")]
 
 
 def test_concurrent_writes_share_commits_and_all_land(spool_writer):
@@ -82,3 +83,35 @@ def test_a_failed_commit_fails_every_request_of_the_batch(spool_writer, monkeypa
     assert len(errors) == 5
     monkeypatch.undo()
     assert _stored(spool_writer) == [f"{0:032x}"]  # nothing of the failed batch was acknowledged or stored
+
+
+def test_the_next_batch_commits_while_the_previous_one_waits_for_its_fsync(spool_writer):
+    # Two writer threads (the default): a slow commit does not hold up the requests that arrive meanwhile.
+    calls: list = []
+    overlapped: list[bool] = []
+    second_started = threading.Event()
+    original = spool.SpoolWriter.append
+
+    def slow(self, rows):
+        calls.append(self.path)
+        if len(calls) == 1:
+            overlapped.append(second_started.wait(10))  # with one writer this times out
+        else:
+            second_started.set()
+        original(self, rows)
+
+    spool.SpoolWriter.append = slow
+    try:
+        first = threading.Thread(target=spool_writer.write, args=([_row(0)],))
+        first.start()
+        while not calls:
+            time.sleep(0.001)
+        second = threading.Thread(target=spool_writer.write, args=([_row(1)],))
+        second.start()
+        first.join()
+        second.join()
+    finally:
+        spool.SpoolWriter.append = original
+    assert overlapped == [True]
+    assert len(set(calls)) == 2  # each writer has its own spool file
+    assert sorted(_stored(spool_writer)) == [f"{0:032x}", f"{1:032x}"]
