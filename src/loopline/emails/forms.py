@@ -42,3 +42,42 @@ class ListSendForm(forms.Form):
         choices = [(str(pl.pk), f"{pl.name} ({pl.member_count})") for pl in lists]
         self.fields["include"].choices = choices
         self.fields["exclude"].choices = choices
+
+
+class OneToOneForm(forms.Form):
+    """A 1:1 email: a template, or a subject and a message written here (merge fields allowed)."""
+
+    template = forms.ModelChoiceField(queryset=Email.objects.none(), required=False, label="Start from an email",
+                                      empty_label="Write my own message")
+    subject = forms.CharField(max_length=300, required=False,
+                              help_text="With a template, leave empty to keep the template's subject.")
+    message = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 10}),
+                              help_text="Plain text; a blank line starts a paragraph. Merge fields such as "
+                                        "{{ prospect.first_name }} work. Unsubscribe and preference links are added.")
+    key = forms.CharField(widget=forms.HiddenInput, required=False, max_length=64)
+
+    def __init__(self, *args, templates=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if templates is not None:
+            self.fields["template"].queryset = templates
+
+
+class DynamicContentForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    key = forms.SlugField(max_length=60, help_text='Used in emails as {{ dynamic("key") }}.')
+    field = forms.ChoiceField(label="Chosen by prospect field")
+    default_html = forms.CharField(required=False, label="Default (when no variation matches)",
+                                   widget=forms.Textarea(attrs={"rows": 4, "class": "code"}))
+
+    def __init__(self, *args, fields=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["field"].choices = [(f, f) for f in fields]
+
+
+class VariationForm(forms.Form):
+    value = forms.CharField(max_length=200, required=False, label="When the field is")
+    html = forms.CharField(required=False, label="Show (HTML)", widget=forms.Textarea(attrs={"rows": 3,
+                                                                                             "class": "code"}))
+
+
+VariationFormSet = forms.formset_factory(VariationForm, extra=2, max_num=100)

@@ -6,7 +6,7 @@ from django.db.models import Count, Q, QuerySet
 
 from loopline.prospects.models import Activity, ActivityType
 
-from .models import Delivery, Email, EmailSend
+from .models import Delivery, DynamicContent, Email, EmailSend
 
 
 def emails(bu) -> QuerySet[Email]:
@@ -68,3 +68,12 @@ def report(send_ids: list[int], bu_id: int) -> dict:
 def campaign_send_ids(bu, campaign_id: int) -> list[int]:
     return list(EmailSend.objects.filter(bu=bu, campaign_id=campaign_id).exclude(kind="test")
                 .values_list("pk", flat=True))
+
+
+def dynamic_contents(bu) -> QuerySet[DynamicContent]:
+    return DynamicContent.objects.filter(bu=bu).order_by("name", "key")
+
+
+def one_to_one_templates(bu) -> QuerySet[Email]:
+    """Emails a user may start a 1:1 email from (any active email of the BU)."""
+    return Email.objects.filter(bu=bu, is_archived=False).order_by("name")

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMultiAlternatives, mailers
 from django.core.validators import validate_email
-from django.db import transaction
-from django.db.models import Count, Q
+from django.db import connection, transaction
+from django.db.models import Count, Field, Q
 from django.utils import timezone
 
 from loopline.platform import audit
@@ -336,7 +336,10 @@ class _BatchRenderer:
             return sending.from_header(snap.get("from_name", ""), snap["from_email"])
         return settings.DEFAULT_FROM_EMAIL
 
-    def __call__(self, rows: list[Delivery]) -> tuple[list[sending.Outgoing], list[sending.Result]]:
+    def __call__(self, rows: list[Delivery]) -> Iterator[sending.Outgoing | sending.Result]:
+        """Load the batch's prospects and users now (two queries, on the calling thread); the returned iterator
+        renders one message or early result per row without touching the database (the engine runs it on its
+        render thread)."""
         from loopline.accounts.models import User
 
         pids = [r.prospect_id for r in rows if r.prospect_id]
@@ -345,20 +348,22 @@ class _BatchRenderer:
         user_ids = {p["assigned_user_id"] for p in prospects.values() if p["assigned_user_id"]}
         users = {u["id"]: u for u in User.objects.filter(pk__in=user_ids).values(
             "id", "first_name", "last_name", "email")} if user_ids else {}
-        out: list[sending.Outgoing] = []
-        early: list[sending.Result] = []
+        return self._render_rows(rows, prospects, users)
+
+    def _render_rows(self, rows: list[Delivery], prospects: Mapping[int, Mapping[str, Any]],
+                     users: Mapping[int, Mapping[str, Any]]) -> Iterator[sending.Outgoing | sending.Result]:
         bu_id, send_id, kind = self.bu.pk, self.send.pk, self.send.kind
         link_fn = tracking_services.sign_click_url
         base_url = tracking_services.public_url("")
         for row in rows:
             p = prospects.get(row.prospect_id) if row.prospect_id else None
             if p is None and kind != "test":
-                early.append(sending.Result(row.pk, "skipped", detail="prospect no longer exists"))
+                yield sending.Result(row.pk, "skipped", detail="prospect no longer exists")
                 continue
             if p is not None:
                 reason = _mailability(p, kind)
                 if reason:
-                    early.append(sending.Result(row.pk, "skipped", detail=reason, prospect_id=p["id"]))
+                    yield sending.Result(row.pk, "skipped", detail=reason, prospect_id=p["id"])
                     continue
             pid = p["id"] if p else 0
             pdata = rendering.prospect_context(p, self.custom_defaults) if p else rendering.sample_prospect()
@@ -378,7 +383,7 @@ class _BatchRenderer:
                     preferences_url=f"{base_url}/email/preferences/{token}", link=link,
                     open_url=tracking_services.sign_open_url(bu_id, send_id, pid, sent_at=self.sent_at) if pid else "")
             except rendering.RenderError as exc:
-                early.append(sending.Result(row.pk, "failed", detail=str(exc)[:300], prospect_id=pid or None))
+                yield sending.Result(row.pk, "failed", detail=str(exc)[:300], prospect_id=pid or None)
                 continue
             headers = [("X-Loopline-Send", str(send_id))]
             if self.marketing:
@@ -392,8 +397,28 @@ class _BatchRenderer:
                                    text=text, headers=headers, reply_to=self.send.snapshot.get("reply_to", ""),
                                    prospect_id=pid or None)
             msg.raw = sending.build_raw(msg, domain=self.domain)
-            out.append(msg)
-        return out, early
+            yield msg
+
+
+def _sent_activities(send: EmailSend, prospect_ids: list[int], now: dt.datetime) -> None:
+    """One "email sent" activity per recipient. Every column but the prospect is the same for the whole send, so
+    the rows go in as one multi-row INSERT: Model instances would cost more than the insert itself."""
+    if not prospect_ids:
+        return
+    meta = Activity._meta
+    values = {"bu": send.bu_id, "type": ActivityType.EMAIL_SENT.value, "occurred_at": now,
+              "title": send.snapshot.get("email_name", "")[:255], "url": "", "asset_type": "email_send",
+              "asset_id": send.pk, "campaign": send.campaign_id, "is_machine": False, "points": 0, "data": {}}
+    fields = [cast(Field, meta.get_field(name)) for name in ("prospect", *values)]
+    qn = connection.ops.quote_name
+    params = [f.get_db_prep_save(values[f.name], connection) for f in fields[1:]]
+    row = "(%s, " + ", ".join(["%s"] * len(params)) + ")"
+    for start in range(0, len(prospect_ids), 250):
+        chunk = prospect_ids[start:start + 250]
+        sql = (f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(str(f.column)) for f in fields)}) "
+               f"VALUES {', '.join([row] * len(chunk))}")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [v for pid in chunk for v in (pid, *params)])
 
 
 def _flush(send: EmailSend):
@@ -408,11 +433,8 @@ def _flush(send: EmailSend):
             sent = [r.delivery_id for r in by_outcome.get("sent", [])]
             if sent:
                 Delivery.objects.filter(pk__in=sent).update(status=Delivery.Status.SENT, sent_at=now)
-                activities = [Activity(bu_id=send.bu_id, prospect_id=r.prospect_id, type=ActivityType.EMAIL_SENT,
-                                       occurred_at=now, title=send.snapshot.get("email_name", "")[:255],
-                                       asset_type="email_send", asset_id=send.pk, campaign_id=send.campaign_id)
-                              for r in by_outcome["sent"] if r.prospect_id and send.kind != "test"]
-                Activity.objects.bulk_create(activities, batch_size=500)
+                if send.kind != "test":
+                    _sent_activities(send, [r.prospect_id for r in by_outcome["sent"] if r.prospect_id], now)
             for outcome, status in (("failed", Delivery.Status.FAILED), ("bounced", Delivery.Status.FAILED),
                                     ("skipped", Delivery.Status.SKIPPED)):
                 for r in by_outcome.get(outcome, []):
@@ -617,3 +639,227 @@ def delivery_for_address(address: str) -> tuple[int, int, int] | None:
         return None
     tok = tokens.read(local[2:], "bounce")
     return (tok.bu_id, tok.prospect_id, tok.send_id) if tok else None
+
+
+# --- Visual builder, 1:1 compose, dynamic content editor (UI use cases) --------------------------------------------
+
+import re  # noqa: E402  (this section is appended; the send path above is owned separately)
+
+_MERGE_TAG_RE = rendering._JINJA_RE
+_ENTITIES = (("&quot;", '"'), ("&#34;", '"'), ("&#039;", "'"), ("&#39;", "'"), ("&#x27;", "'"), ("&lt;", "<"),
+             ("&gt;", ">"), ("&amp;", "&"))
+
+
+def mjml_from_builder(source: str) -> str:
+    """MJML exported by the visual builder, with merge fields restored: the browser's HTML serialiser may have
+    entity-escaped quotes, ampersands or brackets inside ``{{ ... }}`` / ``{% ... %}`` (e.g. in an attribute value),
+    which would otherwise break the merge fields ([M24])."""
+
+    def unescape(match: re.Match) -> str:
+        tag = match.group(0)
+        for entity, char in _ENTITIES:
+            tag = tag.replace(entity, char)
+        return tag
+
+    source = (source or "").strip()
+    # Entity-escaped delimiters themselves are not expected, so only complete tags are touched.
+    return _MERGE_TAG_RE.sub(unescape, source)
+
+
+ONE_TO_ONE_FOOTER = ('<p style="font-size:12px;color:#666666">'
+                     '<a href="{{ unsubscribe_url }}">Unsubscribe</a> · '
+                     '<a href="{{ preferences_url }}">Email preferences</a></p>')
+
+
+def message_to_html(message: str) -> str:
+    """A plain-text 1:1 message as HTML paragraphs; text is escaped, merge fields are kept as written."""
+    import html as html_lib
+
+    out: list[str] = []
+    for para in re.split(r"\n\s*\n", (message or "").strip().replace("\r\n", "\n")):
+        pieces, last = [], 0
+        for m in _MERGE_TAG_RE.finditer(para):
+            pieces.append(html_lib.escape(para[last:m.start()], quote=False))
+            pieces.append(m.group(0))
+            last = m.end()
+        pieces.append(html_lib.escape(para[last:], quote=False))
+        text = "".join(pieces).strip()
+        if text:
+            out.append("<p>" + text.replace("\n", "<br>\n") + "</p>")
+    return "\n".join(out)
+
+
+def one_to_one_blocker(prospect: Prospect) -> str:
+    """Why this prospect cannot get a 1:1 email ([M25], [M26]: 1:1 is marketing mail, so opted-out prospects get
+    none); empty when mailable."""
+    row = {"email": prospect.email, "opted_out": prospect.opted_out, "do_not_email": prospect.do_not_email,
+           "email_undeliverable": prospect.email_undeliverable, "is_deleted": prospect.is_deleted}
+    return _mailability(row, "one_to_one")
+
+
+def build_one_to_one(access, prospect: Prospect, *, subject: str = "", message: str = "",
+                     template: Email | None = None) -> Email:
+    """An unsaved email holding a composed 1:1 message (or a copy of a template), sent from the acting user."""
+    user = access.user
+    if template is not None and template.bu_id != access.bu.pk:
+        raise ValidationError("That email does not exist.")
+    email = Email(bu=access.bu, created_by=user, sender=Email.Sender.USER, from_user=user, from_email=user.email,
+                  from_name=user.get_full_name() or "", reply_to=user.email, is_archived=True,
+                  purpose=Email.Purpose.MARKETING)
+    if template is not None:
+        email.subject = subject.strip() or template.subject
+        email.body, email.body_format, email.text_body = template.body, template.body_format, template.text_body
+        email.purpose = template.purpose
+    else:
+        if not subject.strip():
+            raise ValidationError("Write a subject.")
+        if not message.strip():
+            raise ValidationError("Write a message.")
+        email.subject = subject.strip()
+        email.body, email.body_format = message_to_html(message) + "\n" + ONE_TO_ONE_FOOTER, Email.Format.HTML
+    email.name = f"1:1 · {email.subject}"[:200]
+    return email
+
+
+def send_one_to_one(access, prospect: Prospect, *, subject: str = "", message: str = "",
+                    template: Email | None = None, idempotency_key: str = "") -> tuple[EmailSend, Delivery]:
+    """Send a 1:1 email now from the acting user to one prospect they can see ([M25]). The message is checked like
+    any email before it is sent ([M24]); one idempotency key sends at most once (a double-clicked Send)."""
+    from loopline.prospects.selectors import scoped_prospects
+
+    access.require("one_to_one_email.create")
+    if not scoped_prospects(access).filter(pk=prospect.pk).exists():
+        raise ValidationError("You cannot email this prospect.")
+    dedupe_key = f"one_to_one:{access.user.pk}:{idempotency_key}" if idempotency_key else ""
+    existing = EmailSend.objects.filter(bu=access.bu, dedupe_key=dedupe_key).first() if dedupe_key else None
+    if existing is None:
+        reason = one_to_one_blocker(prospect)
+        if reason:
+            raise ValidationError(f"This prospect cannot get a 1:1 email: {reason}.")
+        email = build_one_to_one(access, prospect, subject=subject, message=message, template=template)
+        compile_for(email)
+        with transaction.atomic():
+            email.save()
+            send_to_prospects(access.bu, email.pk, [prospect.pk], kind="one_to_one", source="one_to_one",
+                              source_id=access.user.pk, dedupe_key=dedupe_key or f"one_to_one:email:{email.pk}")
+            send = EmailSend.objects.get(bu=access.bu, email=email)
+            EmailSend.objects.filter(pk=send.pk).update(created_by=access.user)
+            send.created_by = access.user
+            audit.record("email.one_to_one_sent", actor=access.user, bu=access.bu, obj=send,
+                         summary=f"{email.subject} to {prospect.email}")
+    else:
+        send = existing
+    # Sent now, in the request, so the user sees the outcome; the queued task finds nothing left to do.
+    process_send(send.pk, connections=1, max_seconds=30)
+    delivery = Delivery.objects.filter(send=send, prospect=prospect).first()
+    if delivery is None:
+        raise ValidationError("The email was not queued.")
+    return send, delivery
+
+
+def one_to_one_preview(access, prospect: Prospect, *, subject: str = "", message: str = "",
+                       template: Email | None = None) -> tuple[str, str, str]:
+    """Subject, HTML and text of a composed 1:1 email as this prospect would get them."""
+    email = build_one_to_one(access, prospect, subject=subject, message=message, template=template)
+    return preview(access, email, prospect)
+
+
+# Dynamic content blocks ([M24])
+
+
+def dynamic_content_fields(bu) -> list[str]:
+    """Prospect fields a dynamic content block may depend on (standard fields, then custom api names)."""
+    standard = [f for f in rendering.PROSPECT_FIELDS if f not in ("id", "full_name")]
+    return standard + sorted(_custom_defaults(bu.pk).keys())
+
+
+def _dynamic_call_re(key: str) -> re.Pattern:
+    return re.compile(r"""dynamic\(\s*(["'])""" + re.escape(key) + r"""\1\s*\)""")
+
+
+def dynamic_content_usage(bu, key: str) -> list[str]:
+    """Names of the emails (and running or scheduled sends) that use the block ``key``."""
+    pattern = _dynamic_call_re(key)
+    names = [e.name for e in Email.objects.filter(bu=bu, is_archived=False).filter(
+        Q(body__contains=key) | Q(subject__contains=key) | Q(text_body__contains=key)).only(
+        "name", "body", "subject", "text_body") if pattern.search(f"{e.subject}\n{e.body}\n{e.text_body}")]
+    for send in EmailSend.objects.filter(bu=bu, status__in=[EmailSend.Status.SCHEDULED, EmailSend.Status.SENDING]
+                                         ).select_related("email"):
+        snap = send.snapshot or {}
+        if pattern.search(f"{snap.get('subject', '')}\n{snap.get('html', '')}\n{snap.get('text', '')}"):
+            names.append(f"{send.email.name} (send #{send.pk})")
+    return names
+
+
+def save_dynamic_content(access, data: Mapping[str, Any], variations: Iterable[Mapping[str, Any]],
+                         instance=None):
+    """Create or update a dynamic content block: unique key per BU, a known field, one variation per value; all
+    HTML sanitised with nh3 on save, so what the editor shows is what is sent ([M24])."""
+    from django.utils.text import slugify
+
+    from .models import DynamicContent
+
+    block = instance or DynamicContent(bu=access.bu)
+    name = str(data.get("name") or "").strip()
+    key = str(data.get("key") or "").strip()
+    field = str(data.get("field") or "").strip()
+    if not name:
+        raise ValidationError("Give the block a name.")
+    if not key or slugify(key) != key:
+        raise ValidationError("The key may use lower-case letters, digits, '-' and '_' only.")
+    if field not in dynamic_content_fields(access.bu):
+        raise ValidationError(f"Unknown prospect field {field!r}.")
+    if DynamicContent.objects.filter(bu=access.bu, key=key).exclude(pk=block.pk).exists():
+        raise ValidationError(f"Another block already uses the key {key!r}.")
+    if instance is not None and instance.key != key:
+        used = dynamic_content_usage(access.bu, instance.key)
+        if used:
+            raise ValidationError(f"The key cannot change while emails use it: {', '.join(used[:5])}.")
+    cleaned: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for v in variations:
+        value = str(v.get("value") or "").strip()
+        html = str(v.get("html") or "").strip()
+        if not value and not html:
+            continue
+        if not value:
+            raise ValidationError("Each variation needs the field value that picks it.")
+        if value.lower() in seen:
+            raise ValidationError(f"The value {value!r} has two variations (values are matched ignoring case).")
+        seen.add(value.lower())
+        cleaned.append({"value": value, "html": rendering.sanitize_html(html)})
+    block.name, block.key, block.field = name, key, field
+    block.variations = cleaned
+    block.default_html = rendering.sanitize_html(str(data.get("default_html") or ""))
+    with transaction.atomic():
+        block.save()
+        audit.record("email.dynamic_content_saved", actor=access.user, bu=access.bu, obj=block, summary=block.key)
+    return block
+
+
+def delete_dynamic_content(access, block) -> None:
+    """Delete a block, refused while an email (or a running send) uses it."""
+    used = dynamic_content_usage(access.bu, block.key)
+    if used:
+        raise ValidationError(f"“{block.name}” is used by {', '.join(used[:5])}"
+                              f"{' and more' if len(used) > 5 else ''}; remove it from those emails first.")
+    with transaction.atomic():
+        audit.record("email.dynamic_content_deleted", actor=access.user, bu=access.bu, obj=block,
+                     summary=block.key)
+        block.delete()
+
+
+def preview_dynamic_content(block, prospect: Prospect | None) -> dict[str, Any]:
+    """Which variation a prospect gets: the field value, the matching variation's value (or None: the default)
+    and the HTML, as the renderer picks it."""
+    if prospect is None:
+        pdata = rendering.sample_prospect()
+    else:
+        row = Prospect.objects.filter(pk=prospect.pk).values(*PROSPECT_VALUES).get()
+        pdata = rendering.prospect_context(row, _custom_defaults(block.bu_id))
+    value = str(pdata.get(block.field, "") or "").strip()
+    chosen = rendering.dynamic_blocks(block.bu_id).get(block.key, {"variations": {}, "default": ""})
+    matched = next((v["value"] for v in block.variations or [] if str(v.get("value", "")).strip().lower()
+                    == value.lower()), None) if value else None
+    html = chosen["variations"].get(value.lower(), chosen["default"])
+    return {"value": value, "matched": matched, "html": html}

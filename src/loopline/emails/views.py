@@ -6,11 +6,13 @@ from __future__ import annotations
 import email as email_lib
 import email.policy
 import json
+import uuid
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 
 from loopline.accounts.decorators import member_required
@@ -18,8 +20,8 @@ from loopline.prospects.models import Prospect
 from loopline.prospects.selectors import scoped_prospects
 
 from . import selectors, services
-from .forms import EmailForm, ListSendForm
-from .models import CapturedMessage, Email, EmailSend
+from .forms import DynamicContentForm, EmailForm, ListSendForm, OneToOneForm, VariationFormSet
+from .models import CapturedMessage, DynamicContent, Email, EmailSend
 
 
 @member_required("emails.view")
@@ -38,15 +40,26 @@ def email_edit(request, pk: int | None = None):
     initial = {} if obj else {"body": DEFAULT_BODY, "from_email": access.user.email,
                               "from_name": access.bu.name, "subject": "News from {{ bu.name }}"}
     form = EmailForm(request.POST or None, instance=obj, bu=access.bu, initial=initial)
+    # "builder": the body comes from the visual builder (GrapesJS); the server still compiles and decides.
+    editor = "builder" if request.POST.get("editor") == "builder" else "code"
     if request.method == "POST" and form.is_valid():
+        data = dict(form.cleaned_data)
+        if editor == "builder":
+            data["body"] = services.mjml_from_builder(data["body"])
         try:
-            saved = services.save_email(access, form.cleaned_data, instance=obj)
+            saved = services.save_email(access, data, instance=obj)
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
             messages.success(request, "Email saved.")
+            if request.POST.get("then") == "edit":
+                return redirect(f"{reverse('emails:edit', args=[saved.pk])}?editor={editor}")
             return redirect("emails:preview", pk=saved.pk)
-    return render(request, "emails/edit.html", {"form": form, "obj": obj})
+    elif request.GET.get("editor") == "builder":
+        editor = "builder"
+    blocks = [{"key": b.key, "name": b.name} for b in selectors.dynamic_contents(access.bu)]
+    return render(request, "emails/edit.html", {"form": form, "obj": obj, "editor": editor,
+                                                "dynamic_blocks": blocks})
 
 
 def _prospect_choice(request, access, value):
@@ -176,6 +189,109 @@ def inbox_message(request, pk: int):
         '<base target="_blank">' + html
     return render(request, "emails/inbox_message.html", {"row": row, "headers": headers, "html": html,
                                                          "text": text})
+
+
+# --- 1:1 email from the prospect page ([M25]) -------------------------------------------------------------------------
+
+
+@member_required("one_to_one_email.create")
+def one_to_one(request, prospect_id: int):
+    from loopline.prospects.selectors import get_prospect
+
+    access = request.access
+    prospect = get_prospect(access, prospect_id)  # 404 for prospects this user cannot see (Sales: assigned only)
+    templates = selectors.one_to_one_templates(access.bu)
+    data = request.POST if request.method == "POST" else None
+    form = OneToOneForm(data, templates=templates, initial={"key": uuid.uuid4().hex})
+    blocker = services.one_to_one_blocker(prospect)
+    rendered, error = None, ""
+    if data is not None and form.is_valid():
+        cd = form.cleaned_data
+        kwargs = {"subject": cd["subject"], "message": cd["message"], "template": cd["template"]}
+        try:
+            if request.method == "POST" and request.POST.get("action") == "send":
+                _send, delivery = services.send_one_to_one(access, prospect, idempotency_key=cd["key"], **kwargs)
+                if delivery.status in ("sent", "committed"):
+                    messages.success(request, f"Email sent to {delivery.address}.")
+                elif delivery.status == "queued":
+                    messages.warning(request, "The mail server did not take the email yet; it will be retried.")
+                else:
+                    messages.error(request, f"The email was not sent: {delivery.reason or delivery.status}.")
+                return redirect("prospects:detail", pk=prospect.pk)
+            rendered = services.one_to_one_preview(access, prospect, **kwargs)
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
+    return render(request, "emails/one_to_one.html", {
+        "prospect": prospect, "form": form, "blocker": blocker, "error": error,
+        "subject": rendered[0] if rendered else "", "html": rendered[1] if rendered else "",
+        "text": rendered[2] if rendered else ""}, status=400 if error and request.method == "POST" else 200)
+
+
+# --- Dynamic content blocks ([M24]) -----------------------------------------------------------------------------------
+
+
+@member_required("emails.view")
+def dynamic_list(request):
+    access = request.access
+    blocks = list(selectors.dynamic_contents(access.bu))
+    return render(request, "emails/dynamic_list.html", {"blocks": blocks})
+
+
+def _variation_initial(block) -> list[dict]:
+    return [{"value": v.get("value", ""), "html": v.get("html", "")} for v in (block.variations or [])
+            if isinstance(v, dict)] if block else []
+
+
+@member_required("emails.create")
+def dynamic_edit(request, pk: int | None = None):
+    access = request.access
+    block = get_object_or_404(DynamicContent, pk=pk, bu=access.bu) if pk else None
+    fields = services.dynamic_content_fields(access.bu)
+    initial = {"name": block.name, "key": block.key, "field": block.field,
+               "default_html": block.default_html} if block else {"field": "industry"}
+    form = DynamicContentForm(request.POST or None, fields=fields, initial=initial)
+    formset = VariationFormSet(request.POST or None, initial=_variation_initial(block), prefix="v")
+    if request.method == "POST" and form.is_valid() and formset.is_valid():
+        try:
+            saved = services.save_dynamic_content(access, form.cleaned_data,
+                                                  [f.cleaned_data for f in formset.forms if f.cleaned_data],
+                                                  instance=block)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"Dynamic content “{saved.name}” saved.")
+            return redirect("emails:dynamic_preview", pk=saved.pk)
+    return render(request, "emails/dynamic_edit.html", {"form": form, "formset": formset, "dc": block},
+                  status=400 if request.method == "POST" else 200)
+
+
+@member_required("emails.delete")
+def dynamic_delete(request, pk: int):
+    access = request.access
+    block = get_object_or_404(DynamicContent, pk=pk, bu=access.bu)
+    used = services.dynamic_content_usage(access.bu, block.key)
+    if request.method == "POST":
+        try:
+            services.delete_dynamic_content(access, block)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+            return redirect("emails:dynamic_delete", pk=block.pk)
+        messages.success(request, f"Dynamic content “{block.name}” deleted.")
+        return redirect("emails:dynamic_list")
+    return render(request, "emails/dynamic_delete.html", {"dc": block, "used": used})
+
+
+@member_required("emails.view")
+def dynamic_preview(request, pk: int):
+    access = request.access
+    block = get_object_or_404(DynamicContent, pk=pk, bu=access.bu)
+    prospect = _prospect_choice(request, access, request.GET.get("prospect"))
+    query = (request.GET.get("q") or "").strip()
+    candidates = scoped_prospects(access).filter(email__icontains=query)[:20] if query else \
+        scoped_prospects(access)[:20]
+    result = services.preview_dynamic_content(block, prospect)
+    return render(request, "emails/dynamic_preview.html", {"dc": block, "prospect": prospect, "q": query,
+                                                           "candidates": candidates, "result": result})
 
 
 DEFAULT_BODY = """<mjml>

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import struct
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 from django.conf import settings
-from django.utils.crypto import salted_hmac
+from django.utils.encoding import force_bytes
 
 VERSION = 1
 _FORMAT = ">BcIQQII"  # version, kind, bu, send, prospect, link, issued (unix seconds)
@@ -36,8 +38,14 @@ class Token:
     issued: int
 
 
+@lru_cache(maxsize=8)
+def _key(secret: str | bytes) -> bytes:
+    # salted_hmac's key derivation, once per secret: a send signs several links per recipient.
+    return hashlib.sha256(force_bytes(_SALT) + force_bytes(secret)).digest()
+
+
 def _mac(payload: bytes, secret: str | None = None) -> bytes:
-    return salted_hmac(_SALT, payload, secret=secret, algorithm="sha256").digest()[:_MAC]
+    return hmac.new(_key(settings.SECRET_KEY if secret is None else secret), payload, hashlib.sha256).digest()[:_MAC]
 
 
 def make(kind: str, *, bu_id: int, prospect_id: int, send_id: int = 0, link_id: int = 0,
