@@ -17,6 +17,7 @@ from . import criteria
 PREFIX = "c"
 ROOT = "r"
 ACTIVITY_PARTS = ("type", "asset_type", "asset_id", "url_contains", "days", "min_count")
+OPPORTUNITY_PARTS = ("outcome", "stage", "min_amount", "days")
 ASSET_TYPES = (("", "any asset"), ("form", "form"), ("form_handler", "form handler"), ("landing_page", "landing page"),
                ("email", "email"), ("custom_redirect", "custom redirect"), ("file", "file"), ("page", "page"))
 LIST_LIKE_OPS = {"in", "not_in", "includes", "excludes"}
@@ -48,8 +49,9 @@ def tree_from_post(post: Mapping[str, Any]) -> dict:
         else:
             field_key = str(post.get(_name(path, "field"), "") or "")
             rule: dict[str, Any] = {"field": field_key, "op": str(post.get(_name(path, "op"), "") or "")}
-            if field_key == "activity":
-                rule["value"] = {part: str(post.get(_name(path, part), "") or "").strip() for part in ACTIVITY_PARTS}
+            if field_key in ("activity", "opportunity"):
+                parts = ACTIVITY_PARTS if field_key == "activity" else OPPORTUNITY_PARTS
+                rule["value"] = {part: str(post.get(_name(path, part), "") or "").strip() for part in parts}
             else:
                 rule["value"] = str(post.get(_name(path, "value"), "") or "")
             built[path] = rule
@@ -129,6 +131,9 @@ def render_nodes(tree: Mapping, catalogue: dict[str, criteria.FieldDef], *, path
     if field_key == "activity":
         spec = value if isinstance(value, Mapping) else {}
         node["activity"] = {part: _value_text(spec.get(part, "")) for part in ACTIVITY_PARTS}
+    if field_key == "opportunity":
+        spec = value if isinstance(value, Mapping) else {}
+        node["opportunity"] = {part: _value_text(spec.get(part, "")) for part in OPPORTUNITY_PARTS}
     return node
 
 
@@ -144,6 +149,7 @@ def builder_context(bu, tree: Mapping) -> dict:
     """Everything ``automation/_criteria_builder.html`` needs."""
     from loopline.accounts.models import User
     from loopline.campaigns.models import Campaign
+    from loopline.campaigns.selectors import opportunity_stages
 
     from .models import ProspectList
 
@@ -160,4 +166,6 @@ def builder_context(bu, tree: Mapping) -> dict:
         "bu_campaigns": list(Campaign.objects.filter(bu_id=bu.pk).order_by("name").values_list("pk", "name")),
         "activity_types": [(v, label) for v, label in ActivityType.choices],
         "asset_types": ASSET_TYPES,
+        "outcomes": list(criteria.OUTCOMES.items()),
+        "opportunity_stages": opportunity_stages(bu.pk),
     }

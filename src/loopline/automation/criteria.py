@@ -8,14 +8,16 @@ A tree is plain JSON::
         {"field": "score", "op": "gte", "value": 50},
         {"match": "any", "rules": [
             {"field": "activity", "op": "has", "value": {"type": 4, "asset_id": 12, "days": 30}},
-            {"field": "tag", "op": "has", "value": "webinar"}]}]}
+            {"field": "tag", "op": "has", "value": "webinar"}]},
+        {"field": "opportunity", "op": "has_not", "value": {"outcome": "won"}}]}
 
 Two evaluators with the same semantics:
 
 * :func:`matching_prospects` compiles the tree to ONE SQL query (PostgreSQL and SQLite), BU-scoped, recycle bin
   excluded — used by full refreshes and retroactive rule runs.
-* :func:`evaluate` decides for one prospect in memory (related rows — tags, list memberships, activities — are read
-  with small indexed queries) — used on every prospect change.
+* :func:`evaluate` decides for one prospect in memory (related rows — tags, list memberships, activities,
+  opportunities — are read with small indexed queries, or all at once with the prospect row through
+  :func:`with_facts` / :class:`FactReader`) — used on every prospect change.
 
 Semantics worth knowing (they hold in both evaluators; a hypothesis test checks they agree):
 
@@ -30,6 +32,7 @@ Semantics worth knowing (they hold in both evaluators; a hypothesis test checks 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -72,6 +75,7 @@ OPS: dict[str, tuple[tuple[str, str], ...]] = {
     "campaign": (("is", "is"), ("is_not", "is not"), ("is_empty", "is none"), ("is_not_empty", "is set")),
     "presence": (("is_not_empty", "exists"), ("is_empty", "does not exist")),
     "activity": (("has", "has"), ("has_not", "has not")),
+    "opportunity": (("has", "has an opportunity"), ("has_not", "has no opportunity")),
 }
 NO_VALUE_OPS = {"is_empty", "is_not_empty", "is_true", "is_false"}
 
@@ -86,6 +90,7 @@ _EXTRA_FIELDS: tuple[tuple[str, str, str, str], ...] = (
     ("tag", "Tag", "tag", "Tags and lists"),
     ("list", "List", "list", "Tags and lists"),
     ("activity", "Activity", "activity", "Activities"),
+    ("opportunity", "Opportunity", "opportunity", "Assignment and CRM"),
     ("last_activity_at", "Last activity", "datetime", "Activities"),
     ("created_at", "Created", "datetime", "Prospect"),
     ("assigned_user", "Assigned user", "user", "Assignment and CRM"),
@@ -192,6 +197,34 @@ def _clean_activity(value: Any, label: str) -> dict:
     return out
 
 
+OUTCOMES = {"": "any outcome", "open": "open", "won": "won", "lost": "lost"}
+
+
+def _clean_opportunity(value: Any, label: str) -> dict:
+    """{"stage", "outcome", "min_amount", "days"}, all optional: an empty spec means any opportunity at all."""
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{label}: describe the opportunity (stage, outcome, amount, days)")
+    out: dict[str, Any] = {}
+    stage = str(value.get("stage") or "").strip()
+    if len(stage) > 80:
+        raise ValidationError(f"{label}: the stage name is too long")
+    if stage:
+        out["stage"] = stage
+    outcome = str(value.get("outcome") or "").strip().lower()
+    if outcome not in OUTCOMES:
+        raise ValidationError(f"{label}: the outcome is open, won or lost")
+    if outcome:
+        out["outcome"] = outcome
+    if value.get("min_amount") not in (None, ""):
+        number = _number(value["min_amount"], f"{label} amount")
+        out["min_amount"] = int(number) if number == number.to_integral_value() else str(number)
+    if value.get("days") not in (None, ""):
+        out["days"] = _int(value["days"], f"{label} days", 1, 3650)
+    return out
+
+
 def _clean_rule(bu, rule: Mapping, catalogue: dict[str, FieldDef], where: str) -> dict:
     key = str(rule.get("field", ""))
     fdef = catalogue.get(key)
@@ -263,6 +296,8 @@ def _clean_rule(bu, rule: Mapping, catalogue: dict[str, FieldDef], where: str) -
         out["value"] = campaign_id
     elif kind == "activity":
         out["value"] = _clean_activity(value, label)
+    elif kind == "opportunity":
+        out["value"] = _clean_opportunity(value, label)
     return out
 
 
@@ -505,6 +540,9 @@ class _Compiler:
                            .filter(n__gte=int(value["min_count"])))
                 cond = Exists(counted)
             return Q(cond) if op == "has" else ~Q(cond)
+        if kind == "opportunity":
+            cond = Exists(_opportunity_query(self.bu, value, self.now).filter(prospect_id=OuterRef("pk")))
+            return Q(cond) if op == "has" else ~Q(cond)
         if kind == "tag":
             tag_ids = list(Tag.objects.filter(bu_id=self.bu.pk, name__iexact=value).values_list("pk", flat=True))
             cond = Exists(ProspectTag.objects.filter(prospect_id=OuterRef("pk"), tag_id__in=tag_ids))
@@ -578,6 +616,17 @@ def _activity_query(bu, spec: Mapping, now: dt.datetime, *, set_based: bool = Tr
     return qs
 
 
+def _opportunity_query(bu, spec: Mapping | None, now: dt.datetime):
+    """Contact roles of the CRM opportunities that match ``spec`` (read through the campaigns app)."""
+    from loopline.campaigns.selectors import opportunity_roles
+
+    spec = spec or {}
+    return opportunity_roles(
+        bu.pk, stage=spec.get("stage", ""), outcome=spec.get("outcome", ""),
+        min_amount=Decimal(str(spec["min_amount"])) if spec.get("min_amount") not in (None, "") else None,
+        created_since=_cutoff(spec["days"], now) if spec.get("days") else None)
+
+
 def compile_q(bu, tree: Mapping, *, now: dt.datetime | None = None,
               catalogue: dict[str, FieldDef] | None = None) -> tuple[dict[str, Any], Q]:
     """(aliases, Q) for ``Prospect.objects.alias(**aliases).filter(q)`` — for callers that add their own filters."""
@@ -593,6 +642,115 @@ def matching_prospects(bu, tree: Mapping, *, now: dt.datetime | None = None,
     return Prospect.objects.filter(bu_id=bu.pk, is_deleted=False).alias(**aliases).filter(q)
 
 
+FACT_FIELDS = frozenset({"activity", "tag", "opportunity"})
+
+
+def fact_key(rule: Mapping) -> str:
+    """The identity of a related-rows condition, whatever its operator (has / has not share one fact)."""
+    return json.dumps([rule.get("field"), rule.get("value")], sort_keys=True, default=str)
+
+
+def _fact_condition(bu, rule: Mapping, now: dt.datetime) -> Exists:
+    """The positive ("has") condition as a correlated EXISTS — the same SQL the compiled query uses, but reading one
+    prospect's rows through the prospect indexes."""
+    key, value = rule["field"], rule.get("value")
+    if key == "activity":
+        spec: Mapping = value or {}
+        qs = _activity_query(bu, spec, now, set_based=False).filter(prospect_id=OuterRef("pk"))
+        need = int(spec.get("min_count", 1))
+        if need > 1:
+            return Exists(qs.order_by().values("prospect_id").annotate(n=models.Count("id")).filter(n__gte=need))
+        return Exists(qs)
+    if key == "tag":
+        return Exists(ProspectTag.objects.filter(prospect_id=OuterRef("pk"), tag__bu_id=bu.pk,
+                                                 tag__name__iexact=value))
+    return Exists(_opportunity_query(bu, value, now).filter(prospect_id=OuterRef("pk")))
+
+
+def with_facts(bu, queryset: QuerySet[Prospect], trees: Iterable[Mapping], *,
+               now: dt.datetime) -> tuple[QuerySet[Prospect], dict[str, str]]:
+    """``queryset`` annotated with every related-rows condition the trees use, so that evaluating all of a BU's
+    lists and rules for a prospect costs ONE query (the row and its facts), not one per list, rule or condition.
+    Returns (queryset, {fact key: annotation name}); pass ``facts_of(prospect, names)`` to :class:`EvalContext`."""
+    names: dict[str, str] = {}
+    annotations: dict[str, Any] = {}
+    for tree in trees:
+        for rule in iter_rules(tree):
+            if rule.get("field") in FACT_FIELDS and "value" in rule:
+                key = fact_key(rule)
+                if key not in names:
+                    names[key] = f"_fact{len(names)}"
+                    annotations[names[key]] = _fact_condition(bu, rule, now)
+    return (queryset.annotate(**annotations) if annotations else queryset), names
+
+
+def facts_of(prospect: Prospect, names: Mapping[str, str]) -> dict[str, bool]:
+    return {key: bool(getattr(prospect, name)) for key, name in names.items()}
+
+
+_MARK_NOW = dt.datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=dt.UTC)  # a "now" no real call uses
+_MARK_ID = -7_654_321_987  # a prospect id no row has
+
+
+class FactReader:
+    """Reads live prospects of a BU with the facts of a fixed set of trees (:func:`with_facts`).
+
+    A prospect change reads ONE prospect, again and again with the same lists and rules: for that case the SQL is
+    compiled once (with a marker id and a marker time) and re-run with the prospect's id and the cut-off times of
+    the current ``now`` — the ORM would otherwise rebuild a query of many subqueries on every change. Several
+    prospects at once go through the ORM."""
+
+    def __init__(self, bu, trees: Iterable[Mapping]):
+        self.bu = bu
+        self.trees = [t for t in trees if isinstance(t, Mapping)]
+        self._single: tuple[str, list[Any], dict[str, str], dict[Any, int]] | None = None
+        self._single_ok = True
+
+    def _base(self) -> QuerySet[Prospect]:
+        return Prospect.objects.filter(bu_id=self.bu.pk, is_deleted=False)
+
+    def _compile_single(self) -> None:
+        qs, names = with_facts(self.bu, self._base().filter(pk=_MARK_ID), self.trees, now=_MARK_NOW)
+        sql, params = qs.query.sql_with_params()
+        adapt = connection.ops.adapt_datetimefield_value
+        days = {int(r["value"]["days"]) for r in (r for t in self.trees for r in iter_rules(t))
+                if r.get("field") in ("activity", "opportunity") and isinstance(r.get("value"), Mapping)
+                and r["value"].get("days")}
+        cutoffs = {adapt(_cutoff(d, _MARK_NOW)): d for d in days}
+        ids = [p for p in params if isinstance(p, int) and not isinstance(p, bool) and p == _MARK_ID]
+        stray = [p for p in params if isinstance(p, dt.datetime | str) and _looks_like_mark(p) and p not in cutoffs]
+        if len(ids) != 1 or stray:
+            self._single_ok = False  # an SQL shape this template cannot fill safely: use the ORM every time
+            return
+        self._single = (sql, list(params), names, cutoffs)
+
+    def read(self, ids: Iterable[int], now: dt.datetime) -> tuple[list[Prospect], dict[str, str]]:
+        ids = list(ids)
+        if len(ids) == 1 and self._single_ok:
+            if self._single is None:
+                self._compile_single()
+            if self._single is not None:
+                sql, params, names, cutoffs = self._single
+                adapt = connection.ops.adapt_datetimefield_value
+                values = [ids[0] if isinstance(p, int) and not isinstance(p, bool) and p == _MARK_ID
+                          else adapt(_cutoff(cutoffs[p], now)) if _hashable(p) and p in cutoffs else p
+                          for p in params]
+                return list(Prospect.objects.raw(sql, values)), names
+        qs, names = with_facts(self.bu, self._base().filter(pk__in=ids), self.trees, now=now)
+        return list(qs), names
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, dt.datetime | str | int | float | Decimal)
+
+
+def _looks_like_mark(value: Any) -> bool:
+    """A time computed from the marker "now" (any number of days before it keeps its time of day)."""
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).time() == _MARK_NOW.time()
+    return "04:05:06.789012" in value
+
+
 # --- In-memory evaluation --------------------------------------------------------------------------------------------
 
 
@@ -602,6 +760,9 @@ class EvalContext:
 
     prospect: Prospect
     now: dt.datetime = field(default_factory=timezone.now)
+    # Answers to the conditions on related rows (activities, tags, opportunities), read with the prospect row by
+    # :func:`with_facts` — keyed by :func:`fact_key`. A condition missing here is looked up on its own.
+    facts: dict[str, bool] = field(default_factory=dict)
     _tag_ids: set[int] | None = None
     _lists: dict[int, bool] | None = None  # list id -> opted out
     _tags_by_name: dict[str, list[int]] = field(default_factory=dict)
@@ -709,10 +870,17 @@ def _eval_rule(bu, rule: Mapping, ctx: EvalContext, cat: dict[str, FieldDef]) ->
                 return (number is None) == (op == "is_empty")
             return _compare(op, None if number is None else _num(number), _num(value))
         return _eval_text(op, raw if isinstance(raw, str) else None, value)
+    if kind in FACT_FIELDS and ctx.facts:
+        known = ctx.facts.get(fact_key(rule))
+        if known is not None:
+            return known if op == "has" else not known
     if kind == "activity":
         qs = _activity_query(bu, value, ctx.now, set_based=False).filter(prospect_id=p.pk)
         need = int(value.get("min_count", 1))
         hit = qs.exists() if need <= 1 else qs.order_by()[:need].count() >= need
+        return hit if op == "has" else not hit
+    if kind == "opportunity":
+        hit = _opportunity_query(bu, value, ctx.now).filter(prospect_id=p.pk).exists()
         return hit if op == "has" else not hit
     if kind == "tag":
         hit = bool(ctx.tag_ids.intersection(ctx.tags_named(bu.pk, value)))
@@ -772,6 +940,8 @@ def describe(bu, tree: Mapping, *, catalogue: dict[str, FieldDef] | None = None,
         kind = fdef.kind if fdef else "text"
         if kind == "activity" and isinstance(value, Mapping):
             return f"{op_label} {describe_activity(value, names)}"
+        if kind == "opportunity":
+            return op_label + describe_opportunity(value if isinstance(value, Mapping) else {})
         if kind == "list":
             return f"{op_label} {names.get(('list', value), f'#{value} (deleted)')}"
         if kind == "tag":
@@ -809,6 +979,20 @@ def describe_activity(spec: Mapping, names: dict | None = None) -> str:
     if spec.get("days"):
         text += f" in the last {spec['days']} days"
     return text
+
+
+def describe_opportunity(spec: Mapping) -> str:
+    """' won, stage "Negotiation", amount at least 5000, created in the last 30 days' (empty: any opportunity)."""
+    parts = []
+    if spec.get("outcome"):
+        parts.append(str(spec["outcome"]))
+    if spec.get("stage"):
+        parts.append(f'stage "{spec["stage"]}"')
+    if spec.get("min_amount") not in (None, ""):
+        parts.append(f"amount at least {spec['min_amount']}")
+    if spec.get("days"):
+        parts.append(f"created in the last {spec['days']} days")
+    return (" " + ", ".join(parts)) if parts else ""
 
 
 def _names(bu, tree: Mapping) -> dict:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -365,6 +366,7 @@ def _flush() -> None:
     if getattr(_local, "flushing", False):
         return
     _local.flushing = True
+    _local.checked = set()  # BUs whose lists and rules were checked current in this flush (rounds reuse them)
     try:
         for _round in range(5):  # actions may change prospects again; bounded so rules cannot ping-pong forever
             pending = getattr(_local, "pending", None) or {}
@@ -383,6 +385,7 @@ def _flush() -> None:
     finally:
         _local.flushing = False
         _local.pending = {}
+        _local.checked = None  # outside a flush every call checks the version
 
 
 _BUNDLE_TTL = 30.0  # seconds at most a process reuses a BU's lists, rules and fields (see _bundle_version)
@@ -412,15 +415,21 @@ def _bundle_version(bu_id: int) -> tuple:
 
 
 def _bundle(bu_id: int):
-    """(bu, dynamic lists in dependency order, active automation rules, field catalogue) for one BU, reused while
-    its version is unchanged, so that a change of one prospect costs little more than the queries about it."""
+    """(bu, dynamic lists in dependency order, active automation rules, field catalogue, their fact reader) for one
+    BU, reused while its version is unchanged, so that a change of one prospect costs little more than the queries
+    about it."""
     import time as _time
 
     from loopline.accounts.models import BusinessUnit
 
-    version = _bundle_version(bu_id)
     cached = _bundles.get(bu_id)
+    checked = getattr(_local, "checked", None)
+    if cached and checked is not None and bu_id in checked:
+        return cached[2]  # a later round of the same flush, milliseconds later: no need to ask again
+    version = _bundle_version(bu_id)
     if cached and cached[1] == version and _time.monotonic() - cached[0] < _BUNDLE_TTL:
+        if checked is not None:
+            checked.add(bu_id)
         return cached[2]
     bu = BusinessUnit.objects.filter(pk=bu_id).first()
     if bu is None:
@@ -431,30 +440,70 @@ def _bundle(bu_id: int):
                                                status=AutomationRule.Status.ACTIVE))
     for rule in rules:
         rule.bu = bu
-    bundle = (bu, lists, rules, criteria.field_catalogue(bu) if lists or rules else {})
+    reader = criteria.FactReader(bu, [pl.criteria for pl in lists] + [rule.criteria for rule in rules])
+    bundle = (bu, lists, rules, criteria.field_catalogue(bu) if lists or rules else {}, reader)
     _bundles[bu_id] = (_time.monotonic(), version, bundle)
+    if checked is not None:
+        checked.add(bu_id)
     return bundle
 
 
 def reevaluate(bu_id: int, prospect_ids: list[int], *, now: dt.datetime | None = None) -> None:
-    """Dynamic-list membership and automation rules for these prospects, one prospect at a time (in memory)."""
+    """Dynamic-list membership and automation rules for these prospects, one prospect at a time (in memory).
+
+    Reads are shared by every list and rule: one query for the prospect rows with the answers to all the activity,
+    tag and opportunity conditions the BU's lists and rules use, one for their list memberships and, only when a
+    rule matches, one for those rules' earlier matches. Writes happen only where something changes."""
     bundle = _bundle(bu_id)
     if bundle is None:
         return
-    bu, lists, rules, catalogue = bundle
+    bu, lists, rules, catalogue, reader = bundle
     if not lists and not rules:
         return
     now = now or timezone.now()
-    for prospect in Prospect.objects.filter(bu_id=bu_id, pk__in=prospect_ids, is_deleted=False):
+    people, fact_names = reader.read(prospect_ids, now)
+    if not people:
+        return
+    memberships: dict[int, dict[int, bool]] = defaultdict(dict)
+    for pid, list_id, opted_out in ListMembership.objects.filter(prospect_id__in=[p.pk for p in people]).values_list(
+            "prospect_id", "prospect_list_id", "opted_out"):
+        memberships[pid][list_id] = opted_out
+    for prospect in people:
         try:
-            ctx = criteria.EvalContext(prospect, now=now)
-            for pl in lists:
-                _update_membership(bu, pl, prospect, ctx, catalogue)
-            for rule in rules:
-                if criteria.evaluate(bu, rule.criteria, prospect, context=ctx, catalogue=catalogue):
-                    apply_rule(rule, prospect, now=now)
+            # One transaction per prospect: its membership changes and rule actions commit together (one commit,
+            # not one per statement), and a failure undoes only this prospect's part.
+            with transaction.atomic():
+                ctx = criteria.EvalContext(prospect, now=now, facts=criteria.facts_of(prospect, fact_names),
+                                           _lists=memberships[prospect.pk])
+                for pl in lists:
+                    _update_membership(bu, pl, prospect, ctx, catalogue)
+                matched = [rule for rule in rules
+                           if criteria.evaluate(bu, rule.criteria, prospect, context=ctx, catalogue=catalogue)]
+                for rule, seen in _maybe_eligible(matched, prospect.pk, now):
+                    apply_rule(rule, prospect, now=now, matched_before=seen)
         except Exception:  # one bad prospect never stops the others
             logger.exception("re-evaluating prospect %s failed", prospect.pk)
+
+
+def _maybe_eligible(rules: list[AutomationRule], prospect_id: int,
+                    now: dt.datetime) -> list[tuple[AutomationRule, bool]]:
+    """The matching rules whose earlier matches do not rule the prospect out, each with whether it matched before
+    (one query); ``apply_rule`` still claims the match atomically, this only spares the attempts sure to fail."""
+    if not rules:
+        return []
+    earlier = {rule_id: (times, last) for rule_id, times, last in RuleMatch.objects.filter(
+        prospect_id=prospect_id, rule_id__in=[r.pk for r in rules]).values_list("rule_id", "times", "last_matched_at")}
+    out = []
+    for rule in rules:
+        seen = earlier.get(rule.pk)
+        if seen is not None:
+            times, last = seen
+            if not rule.repeat or last > now - dt.timedelta(days=rule.repeat_after_days):
+                continue
+            if rule.max_repeats is not None and times >= rule.max_repeats:
+                continue
+        out.append((rule, seen is not None))
+    return out
 
 
 def _update_membership(bu, pl: ProspectList, prospect: Prospect, ctx: criteria.EvalContext, catalogue) -> None:
@@ -581,28 +630,35 @@ def delete_rule(access, rule: AutomationRule) -> None:
     invalidate_bundle(access.bu.pk)
 
 
-def _claim_match(rule: AutomationRule, prospect_id: int, now: dt.datetime) -> bool:
-    """Record a match if the prospect is eligible; exactly one caller wins, also across workers ([M19], [M21])."""
-    if rule.repeat:
+def _claim_match(rule: AutomationRule, prospect_id: int, now: dt.datetime, matched_before: bool | None = None) -> bool:
+    """Record a match if the prospect is eligible; exactly one caller wins, also across workers ([M19], [M21]).
+    ``matched_before=False`` (just read) skips looking for an earlier match to renew."""
+    if rule.repeat and matched_before is not False:
         cutoff = now - dt.timedelta(days=rule.repeat_after_days)
         eligible = RuleMatch.objects.filter(rule=rule, prospect_id=prospect_id, last_matched_at__lte=cutoff)
         if rule.max_repeats is not None:
             eligible = eligible.filter(times__lt=rule.max_repeats)
         if eligible.update(times=F("times") + 1, last_matched_at=now):
             return True
-    try:
-        with transaction.atomic():
-            RuleMatch.objects.create(rule=rule, prospect_id=prospect_id, first_matched_at=now, last_matched_at=now)
-        return True
-    except IntegrityError:
-        return False
+    # INSERT ... ON CONFLICT DO NOTHING: the unique (rule, prospect) key decides who wins, without a savepoint.
+    qn = connection.ops.quote_name
+    when = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {qn(RuleMatch._meta.db_table)} ({qn('rule_id')}, {qn('prospect_id')}, {qn('times')}, "
+            f"{qn('first_matched_at')}, {qn('last_matched_at')}) VALUES (%s, %s, 1, %s, %s) "
+            f"ON CONFLICT DO NOTHING RETURNING {qn('id')}", [rule.pk, prospect_id, when, when])
+        return cursor.fetchone() is not None
 
 
-def apply_rule(rule: AutomationRule, prospect: Prospect, *, now: dt.datetime | None = None) -> bool:
+def apply_rule(rule: AutomationRule, prospect: Prospect, *, now: dt.datetime | None = None,
+               matched_before: bool | None = None) -> bool:
     """Run the rule's actions on a matching prospect if eligible (match once / repeat); log what happened."""
     now = now or timezone.now()
-    with transaction.atomic():
-        if not _claim_match(rule, prospect.pk, now):
+    # No savepoint of its own inside a caller's transaction (re-evaluation runs one per prospect): a failure here
+    # undoes that caller's unit of work, which is what it catches.
+    with transaction.atomic(savepoint=False):
+        if not _claim_match(rule, prospect.pk, now, matched_before):
             return False
         outcomes = actions.run_actions(rule.actions, actions.ActionContext(
             bu=rule.bu, prospect=prospect, source="automation_rule" if rule.kind == AutomationRule.Kind.AUTOMATION

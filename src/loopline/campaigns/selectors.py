@@ -597,3 +597,32 @@ def activity_performance(access: Access, period: Period, types) -> dict[str, Any
 
 def visitors_total(access: Access) -> int:
     return Visitor.objects.filter(bu_id=access.bu.pk).count()
+
+
+# --- Read by the criteria language (automation) --------------------------------------------------------------------------
+
+
+def opportunity_roles(bu_id: int, *, stage: str = "", outcome: str = "", min_amount: Decimal | None = None,
+                      created_since: dt.datetime | None = None) -> QuerySet[OpportunityContactRole]:
+    """Contact roles that tie a prospect to one of the BU's opportunities passing these filters ([M17] "has an
+    opportunity ..."). ``outcome``: won, lost (closed, not won), open or "" (any). The stage compares without case."""
+    qs = OpportunityContactRole.objects.filter(bu_id=bu_id, opportunity__bu_id=bu_id, prospect_id__isnull=False)
+    if stage:
+        qs = qs.filter(opportunity__stage__iexact=stage)
+    if outcome == "won":
+        qs = qs.filter(opportunity__is_won=True)
+    elif outcome == "lost":
+        qs = qs.filter(opportunity__is_closed=True, opportunity__is_won=False)
+    elif outcome == "open":
+        qs = qs.filter(opportunity__is_closed=False)
+    if min_amount is not None:
+        qs = qs.filter(opportunity__amount__gte=min_amount)
+    if created_since is not None:
+        qs = qs.filter(opportunity__crm_created_at__gte=created_since)
+    return qs
+
+
+def opportunity_stages(bu_id: int) -> list[str]:
+    """The stages the BU's opportunities use, for pickers."""
+    return sorted(set(Opportunity.objects.filter(bu_id=bu_id).exclude(stage="").values_list("stage", flat=True)
+                      .distinct()[:200]))

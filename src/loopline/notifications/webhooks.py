@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import secrets
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,6 +30,7 @@ from django.utils import timezone
 from loopline.platform import audit, crypto, events, queues
 from loopline.prospects.models import ActivityType, Prospect
 
+from . import egress
 from .models import WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger("loopline.webhooks")
@@ -93,6 +93,11 @@ def clean_endpoint(data) -> dict[str, Any]:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError:
         errors["url"] = "Enter a full web address starting with https:// (or http:// for testing)."
+    else:
+        try:
+            egress.resolve(url)  # scheme, credentials, and every address the name resolves to must be public
+        except egress.UnsafeTarget as exc:
+            errors["url"] = str(exc)
     if len(url) > 500:
         errors["url"] = "The address is too long (500 characters at most)."
     unknown = [e for e in chosen if e not in EVENTS]
@@ -264,35 +269,25 @@ def on_activity_recorded(event: events.ActivityRecorded) -> None:
 # --- Delivery ----------------------------------------------------------------------------------------------------------
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # a redirect is an answer, not something to follow
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirect)
-
-
 def post(endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> tuple[int | None, str, int]:
-    """POST the signed payload. Returns (status or None, short excerpt/error, milliseconds)."""
+    """POST the signed payload to the endpoint, checked again now (SSRF, DNS rebinding: see ``egress``).
+    Returns (status or None, short excerpt/error, milliseconds)."""
     body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
-    if not endpoint.url.lower().startswith(("http://", "https://")):
-        return None, "Only http:// and https:// addresses can receive webhooks", 0
-    request = urllib.request.Request(endpoint.url, data=body, method="POST", headers={  # noqa: S310 (scheme checked)
+    headers = {
         "Content-Type": "application/json",
         "User-Agent": "Loopline-Webhooks/1",
         "Loopline-Event": delivery.event,
         "Loopline-Delivery": str(delivery.event_id),
         SIGNATURE_HEADER: sign(secret_of(endpoint), body),
-    })
+    }
     started = time.monotonic()
     try:
-        with _opener.open(request, timeout=TIMEOUT_SECONDS) as response:
-            status, excerpt = response.status, response.read(500).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        status, excerpt = exc.code, exc.read(500).decode("utf-8", "replace") if exc.fp else str(exc)
-    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        status, excerpt = None, f"Could not reach the endpoint: {reason}"[:500]
+        status, answer = egress.post(endpoint.url, body, headers, timeout=TIMEOUT_SECONDS)
+        excerpt = answer.decode("utf-8", "replace")
+    except egress.UnsafeTarget as exc:
+        return None, f"Refused: {exc}"[:500], 0
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        status, excerpt = None, f"Could not reach the endpoint: {exc or type(exc).__name__}"[:500]
     return status, excerpt[:500], int((time.monotonic() - started) * 1000)
 
 

@@ -159,15 +159,24 @@ def on_activity_recorded(event: events.ActivityRecorded) -> None:
 def apply_score_delta(bu, prospect_id: int, points: int, reason: str = "") -> bool:
     """Add ``points`` (may be negative) to a prospect's score: actions, people, decay rules ([M12], [M15]).
     Returns False if the prospect is not in this BU."""
+    return _add_score(bu, prospect_id, points, reason) is not None
+
+
+def _add_score(bu, prospect_id: int, points: int, reason: str) -> int | None:
+    """The score change, its history row and the event; returns the new score (None: not a prospect of this BU).
+    UPDATE ... RETURNING reads the new score in the same statement (rules run this on every match)."""
     points = int(points)
-    with transaction.atomic():
-        updated = Prospect.objects.filter(pk=prospect_id, bu_id=bu.pk).update(score=F("score") + points)
-        if not updated:
-            return False
+    table = _table(Prospect)
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET score = score + %s WHERE id = %s AND bu_id = %s RETURNING score",
+                       [points, prospect_id, bu.pk])
+        row = cursor.fetchone()
+        if row is None:
+            return None
         ScoreAdjustment.objects.create(bu_id=bu.pk, prospect_id=prospect_id, points=points, reason=reason[:200])
         events.publish(events.ProspectChanged(bu_id=bu.pk, prospect_id=prospect_id,
                                               changed_fields=frozenset({"score"}), source="system"))
-    return True
+    return int(row[0])
 
 
 def on_prospects_merged(event: events.ProspectsMerged) -> None:
@@ -536,15 +545,22 @@ def on_prospects_bulk_changed(event: events.ProspectsBulkChanged) -> None:
 
 def thumbs(bu, prospect: Prospect, up: bool, *, actor=None) -> str:
     """A person nudges the grade a third of a letter up or down ([M14]); returns the new grade."""
+    grade = change_grade(bu, prospect.pk, 1 if up else -1)
+    audit.record("grading.thumbs", actor=actor, bu=bu, obj=prospect,
+                 summary=f"Grade {'up' if up else 'down'} a third of a letter")
+    return grade
+
+
+def change_grade(bu, prospect_id: int, thirds: int) -> str:
+    """Move a prospect's grade ``thirds`` thirds of a letter (negative: down) on top of its profile's verdict, the
+    same lever as thumbs up/down ([M14]): the shift is kept, so a later regrade keeps it. Returns the new grade."""
     with transaction.atomic():
-        setting, _ = ProspectGrading.objects.select_for_update().get_or_create(prospect=prospect,
+        setting, _ = ProspectGrading.objects.select_for_update().get_or_create(prospect_id=prospect_id,
                                                                              defaults={"bu_id": bu.pk})
-        setting.manual_thirds = max(-grading.TOP, min(grading.TOP, setting.manual_thirds + (1 if up else -1)))
+        setting.manual_thirds = max(-grading.TOP, min(grading.TOP, setting.manual_thirds + int(thirds)))
         setting.save(update_fields=["manual_thirds"])
-        regrade_ids(bu.pk, [prospect.pk])
-        audit.record("grading.thumbs", actor=actor, bu=bu, obj=prospect,
-                     summary=f"Grade {'up' if up else 'down'} a third of a letter")
-    return Prospect.objects.filter(pk=prospect.pk).values_list("grade", flat=True).get()
+        regrade_ids(bu.pk, [prospect_id])
+    return Prospect.objects.filter(pk=prospect_id).values_list("grade", flat=True).get()
 
 
 def set_prospect_profile(bu, prospect: Prospect, profile: GradingProfile | None) -> str:
@@ -559,9 +575,30 @@ def set_prospect_profile(bu, prospect: Prospect, profile: GradingProfile | None)
 
 def _run_adjust_score(ctx, params) -> str:
     reason = f"{ctx.source.replace('_', ' ') or 'action'}" + (f" #{ctx.source_id}" if ctx.source_id else "")
-    apply_score_delta(ctx.bu, ctx.prospect.pk, params["points"], reason)
-    ctx.prospect.refresh_from_db(fields=["score"])
+    score = _add_score(ctx.bu, ctx.prospect.pk, params["points"], reason)
+    if score is not None:
+        ctx.prospect.score = score
     return f"score {params['points']:+d}"
+
+
+_GRADE_WORDS = {"up": 1, "down": -1}
+
+
+def _validate_change_grade(bu, params) -> dict[str, int]:
+    raw = str(params.get("thirds", "")).strip().lower()
+    try:
+        thirds = _GRADE_WORDS[raw] if raw in _GRADE_WORDS else int(raw.replace(" ", ""))
+    except ValueError:
+        raise ValidationError("thirds must be a whole number of thirds of a letter, e.g. 1, -2, up or down") from None
+    if thirds == 0 or abs(thirds) > grading.TOP:
+        raise ValidationError(f"thirds must be between -{grading.TOP} and {grading.TOP}, and not 0")
+    return {"thirds": thirds}
+
+
+def _run_change_grade(ctx, params) -> str:
+    grade = change_grade(ctx.bu, ctx.prospect.pk, params["thirds"])
+    ctx.prospect.grade = grade
+    return f"grade {params['thirds']:+d}/3 → {grade}"
 
 
 def register_actions() -> None:
@@ -570,3 +607,7 @@ def register_actions() -> None:
     existing = actions.REGISTRY.get("adjust_score")
     validate = existing.validate if existing else (lambda bu, p: {"points": int(p.get("points"))})
     actions.register(actions.ActionType("adjust_score", "Adjust score", validate, _run_adjust_score))
+    actions.register(actions.ActionType("change_grade", "Change grade (thirds of a letter)", _validate_change_grade,
+                                        _run_change_grade))
+    # The action row editor's "argument" column holds the thirds ("1", "-2", "up", "down").
+    actions.ROW_ARGS.setdefault("change_grade", ("thirds", None))

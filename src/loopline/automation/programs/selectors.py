@@ -81,6 +81,8 @@ def _action_text(item: dict, names: dict) -> str:
         return f"{label}: {item.get('tag')}"
     if kind == "adjust_score":
         return f"{label}: {int(item.get('points', 0)):+d}"
+    if kind == "change_grade":
+        return f"Change grade: {int(item.get('thirds', 0)):+d}/3 letter"
     if kind in ("add_to_list", "remove_from_list"):
         return f"{label}: {names['lists'].get(item.get('list_id'), item.get('list_id'))}"
     if kind == "assign_round_robin":

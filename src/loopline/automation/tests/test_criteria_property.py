@@ -1,5 +1,5 @@
 """[M17] The criteria language has one meaning: the compiled SQL query and the in-memory evaluation agree on random
-prospects and random rule trees (hypothesis), on SQLite and PostgreSQL."""
+prospects and random rule trees (hypothesis), on SQLite and PostgreSQL — opportunity conditions included."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from loopline.automation import criteria
 from loopline.automation.models import ListMembership, ProspectList
+from loopline.campaigns.models import Opportunity, OpportunityContactRole
 from loopline.prospects.models import Activity, CustomField, Prospect, ProspectTag, Tag
 
 pytestmark = pytest.mark.django_db
@@ -20,6 +21,10 @@ pytestmark = pytest.mark.django_db
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 WORDS = ["", "Software", "software", "SOFT", "Retail", "Réseau", "réseau", "a_b%c", "Soft ware", "x\\y"]
 TAGS = ["vip", "Webinar"]
+STAGES = ["Prospecting", "Negotiation", "Closed Won", "Closed Lost"]
+opportunity = st.tuples(st.sampled_from([*STAGES, "negotiation"]), st.sampled_from(["open", "won", "lost"]),
+                        st.one_of(st.none(), st.sampled_from([Decimal("0"), Decimal("999.99"), Decimal("1000"),
+                                                              Decimal("25000.50")])), st.integers(0, 120))
 ACTIVITY_TYPES = [1, 4, 13]
 
 text = st.sampled_from(WORDS)
@@ -51,6 +56,7 @@ def prospect_data(draw):
         "activities": draw(st.lists(st.tuples(st.sampled_from(ACTIVITY_TYPES), st.integers(0, 60), st.booleans(),
                                               st.sampled_from(["", "https://x.test/Pricing", "https://x.test/blog"])),
                                     max_size=4)),
+        "opportunities": draw(st.lists(opportunity, max_size=2)),
         "deleted": draw(st.integers(0, 9)) == 0,
     }
 
@@ -94,6 +100,12 @@ def leaf(list_id: int):
                   activity),
         st.builds(lambda o: {"field": "crm_owner_id", "op": o, "value": "005a"},
                   st.sampled_from(["equals", "not_equals"])),
+        st.builds(lambda o, v: {"field": "opportunity", "op": o, "value": v}, st.sampled_from(["has", "has_not"]),
+                  st.fixed_dictionaries({}, optional={
+                      "stage": st.sampled_from(["NEGOTIATION", "Closed Won", "Nope"]),
+                      "outcome": st.sampled_from(["open", "won", "lost"]),
+                      "min_amount": st.sampled_from([0, 1000, "999.99", "25000.5"]),
+                      "days": st.integers(1, 90)})),
     )
 
 
@@ -139,6 +151,12 @@ def test_sql_equals_in_memory(setup_bu, data):
                 ProspectTag.objects.create(prospect=p, tag=tags[name])
             if d["lists"] is not None:
                 ListMembership.objects.create(prospect_list=pl, prospect=p, opted_out=d["lists"])
+            for n, (stage, outcome, amount, age) in enumerate(d["opportunities"]):
+                created_at = NOW - dt.timedelta(days=age)
+                opp = Opportunity.objects.create(
+                    bu=bu, crm_id=f"006{i:03d}{n:03d}", stage=stage, amount=amount, is_closed=outcome != "open",
+                    is_won=outcome == "won", crm_created_at=created_at, created_day=created_at.date())
+                OpportunityContactRole.objects.create(bu=bu, opportunity=opp, crm_contact_id=f"003{i:03d}", prospect=p)
             for kind, days, machine, url in d["activities"]:
                 Activity.objects.create(bu=bu, prospect=p, type=kind, occurred_at=NOW - dt.timedelta(days=days),
                                         is_machine=machine, url=url)
@@ -148,5 +166,18 @@ def test_sql_equals_in_memory(setup_bu, data):
         fresh = Prospect.objects.filter(pk__in=[p.pk for p in created])
         in_memory = {p.pk for p in fresh if criteria.evaluate(bu, cleaned, p, now=NOW)}
         assert in_sql == in_memory, criteria.describe(bu, cleaned)
+        # The path prospect changes take: related-rows conditions read with the prospect row, in one query.
+        annotated, names = criteria.with_facts(bu, fresh, [cleaned], now=NOW)
+        with_facts = {p.pk for p in annotated if criteria.evaluate(
+            bu, cleaned, p, context=criteria.EvalContext(p, now=NOW, facts=criteria.facts_of(p, names)))}
+        assert in_sql == with_facts, criteria.describe(bu, cleaned)
+        # One prospect at a time through the precompiled query (marker id and time swapped for the real ones).
+        reader = criteria.FactReader(bu, [cleaned])
+        one_by_one = set()
+        for p in created:
+            rows, names = reader.read([p.pk], NOW)
+            one_by_one |= {r.pk for r in rows if criteria.evaluate(
+                bu, cleaned, r, context=criteria.EvalContext(r, now=NOW, facts=criteria.facts_of(r, names)))}
+        assert in_sql == one_by_one, criteria.describe(bu, cleaned)
     finally:
         transaction.savepoint_rollback(sid)

@@ -100,3 +100,57 @@ def test_bad_criteria_are_refused():
     with pytest.raises(ValidationError):
         services.clean_criteria([crit("industry", "in", ["x"], 5)])
     assert services.clean_criteria([{"field": "", "label": "", "value": ""}]) == []
+
+
+# --- The "change grade" action: the thumbs lever, usable by rules, programs and completion actions ([M14], [M19]) ---
+
+
+def test_change_grade_action_is_validated():
+    from loopline.platform import actions
+
+    assert actions.validate_actions(None, [{"type": "change_grade", "thirds": "up"}]) == [
+        {"type": "change_grade", "thirds": 1}]
+    assert actions.validate_actions(None, [{"type": "change_grade", "thirds": "-2"}])[0]["thirds"] == -2
+    for bad in ("0", "sideways", "13", "", None):
+        with pytest.raises(ValidationError):
+            actions.validate_actions(None, [{"type": "change_grade", "thirds": bad}])
+
+
+def test_change_grade_action_moves_in_thirds_and_survives_regrading(bu):
+    from loopline.platform import actions
+
+    p = prospect_services.create_prospect(bu, {"email": "a@example.com", "industry": "Software"})
+    assert Prospect.objects.get(pk=p.pk).grade == "D"
+    cleaned = actions.validate_actions(bu, [{"type": "change_grade", "thirds": "2"}])
+    (outcome,) = actions.run_actions(cleaned, actions.ActionContext(bu=bu, prospect=p, source="form", source_id=1))
+    assert outcome.ok and outcome.detail == "grade +2/3 → C-"
+    assert Prospect.objects.get(pk=p.pk).grade == "C-"
+    # A profile change regrades; the shift stays on top of the profile's verdict (D + 2/3 + 2/3 = C+).
+    services.save_profile(bu, "Default", [crit("industry", "in", ["Software"], 2)], services.default_profile(bu))
+    services.regrade_ids(bu.pk, [p.pk])
+    assert Prospect.objects.get(pk=p.pk).grade == "C+"
+    actions.run_actions([{"type": "change_grade", "thirds": -12}], actions.ActionContext(bu=bu, prospect=p))
+    assert Prospect.objects.get(pk=p.pk).grade == "F"  # clamped at the bottom
+
+
+def test_change_grade_row_editor_and_automation_rule(bu, marketing_access):
+    from django.http import QueryDict
+
+    from loopline.automation import services as automation_services
+    from loopline.automation.models import AutomationRule
+    from loopline.platform import actions
+
+    post = QueryDict(mutable=True)
+    post.update({"action-0-type": "change_grade", "action-0-arg": "down"})
+    cleaned = actions.rows_to_actions(bu, post)
+    assert cleaned == [{"type": "change_grade", "thirds": -1}]
+    assert actions.actions_to_rows(cleaned, blank=0) == [{"type": "change_grade", "arg": -1, "value": ""}]
+    assert ("change_grade", "Change grade (thirds of a letter)") in actions.choices()
+    rule = automation_services.save_rule(marketing_access, {
+        "name": "Cold", "kind": "automation", "criteria": {"match": "all", "rules": [
+            {"field": "score", "op": "lt", "value": 5}]}, "actions": cleaned})
+    AutomationRule.objects.filter(pk=rule.pk).update(status="active")
+    rule.refresh_from_db()
+    p = prospect_services.create_prospect(bu, {"email": "cold@example.com"})
+    assert automation_services.apply_rule(rule, p)
+    assert Prospect.objects.get(pk=p.pk).grade == "D-"

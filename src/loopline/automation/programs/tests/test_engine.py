@@ -52,6 +52,19 @@ def test_score_action_and_per_prospect_fallback_action(build, run, make_prospect
         assert p.assigned_user_id == marketing_user.pk
 
 
+def test_change_grade_action_step_moves_each_grade_once(build, run, make_prospects):  # [M14], [M20]
+    program, (step,) = build([{"kind": "action", "config": {"actions": [{"type": "change_grade", "thirds": 3}]}}])
+    people = make_prospects(3)
+    services.add_prospects(program, [p.pk for p in people])
+    assert run(program)["advanced"] == 3
+    assert run(program)["processed"] == 0
+    assert set(Prospect.objects.filter(pk__in=[p.pk for p in people]).values_list("grade", flat=True)) == {"C"}
+    assert ProgramStepLog.objects.filter(step=step, outcome="done").count() == 3
+    from loopline.automation.programs import selectors
+
+    assert selectors.step_text(step, {}) == "Change grade: +3/3 letter"  # how the program page shows the step
+
+
 def test_delay_wait_holds_the_prospect_until_due(build, run, make_prospects):
     program, (_first, second) = build([{**TAG, "next": 1},
                                       {**SCORE, "wait_kind": "delay", "wait_amount": 2, "wait_unit": "days"}])
