@@ -5,6 +5,8 @@ Every test here is marked ``browser`` and skipped when /usr/bin/chromium is miss
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,24 @@ def browser(monkeypatch):
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture
+def screenshot():
+    """``screenshot(page, "name.png")`` writes docs/images/name.png when LOOPLINE_SCREENSHOTS=1 (to refresh the docs)."""
+    images = HERE.parents[1] / "docs" / "images"
+
+    def take(page, name: str, *, full_page: bool = True) -> None:
+        if os.environ.get("LOOPLINE_SCREENSHOTS") == "1":
+            images.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(images / name), full_page=full_page)
+
+    return take
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nothing listens on (for a demo inbox or another helper server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -6,28 +6,11 @@ Set ``LOOPLINE_SCREENSHOTS=1`` to also write the docs/email.md screenshots into 
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-from pathlib import Path
 
 import pytest
 
-PASSWORD = "correct-horse-battery-staple"
-SCREENSHOTS = os.environ.get("LOOPLINE_SCREENSHOTS") == "1"
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
-
-
-def _shot(page, name: str) -> None:
-    if SCREENSHOTS:
-        IMAGES.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(IMAGES / name), full_page=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loopline.conftest import PASSWORD
 
 
 def _seed():
@@ -65,14 +48,14 @@ our new reports.</mj-text>
 
 
 @pytest.mark.django_db(transaction=True)
-def test_preview_as_prospect_send_test_open_in_demo_inbox_and_click_tracked_link(live_server, settings, browser):
+def test_preview_as_prospect_send_test_open_in_demo_inbox_and_click_tracked_link(live_server, settings, browser, screenshot, free_port):
     from aiosmtpd.controller import Controller
     from playwright.sync_api import expect
 
     from loopline.emails.demo import InboxHandler
     from loopline.prospects.models import Activity, ActivityType
 
-    port = _free_port()
+    port = free_port
     settings.MAILERS = {"default": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend",
                                     "OPTIONS": {"host": "127.0.0.1", "port": port, "timeout": 10}}}
     settings.PUBLIC_BASE_URL = live_server.url
@@ -98,7 +81,7 @@ def test_preview_as_prospect_send_test_open_in_demo_inbox_and_click_tracked_link
         expect(preview.get_by_text("Hello Pat,")).to_be_visible()
         expect(preview.get_by_text("Teams at Initech")).to_be_visible()
         expect(preview.get_by_text("Mia Berg")).to_be_visible()  # the assigned user
-        _shot(page, "email-preview.png")
+        screenshot(page, "email-preview.png")
 
         page.get_by_label("Send to").fill("mia@northwind.test")
         page.get_by_role("button", name="Send test").click()
@@ -109,7 +92,7 @@ def test_preview_as_prospect_send_test_open_in_demo_inbox_and_click_tracked_link
         expect(page.get_by_text("To mia@northwind.test")).to_be_visible()
         message = page.frame_locator("#message-html")
         expect(message.get_by_text("Hello Pat,")).to_be_visible()
-        _shot(page, "email-demo-inbox.png")
+        screenshot(page, "email-demo-inbox.png")
         link = message.get_by_role("link", name="See the new reports")
         href = link.get_attribute("href")
         assert href and href.startswith(f"{live_server.url}/e/c/"), href  # a signed tracking URL, not the target
@@ -132,6 +115,6 @@ def test_preview_as_prospect_send_test_open_in_demo_inbox_and_click_tracked_link
         test_send = EmailSend.objects.get(bu=bu, kind="test")
         page.goto(f"{live_server.url}/emails/sends/{test_send.pk}/")
         expect(page.locator("#click-map")).to_contain_text("https://www.example.com/reports")
-        _shot(page, "email-report.png")
+        screenshot(page, "email-report.png")
     finally:
         inbox.stop()

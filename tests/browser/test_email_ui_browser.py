@@ -7,27 +7,9 @@ Set ``LOOPLINE_SCREENSHOTS=1`` to also write the docs/email.md screenshots into 
 
 from __future__ import annotations
 
-import os
-import socket
-from pathlib import Path
-
 import pytest
 
-PASSWORD = "correct-horse-battery-staple"
-SCREENSHOTS = os.environ.get("LOOPLINE_SCREENSHOTS") == "1"
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
-
-
-def _shot(page, name: str) -> None:
-    if SCREENSHOTS:
-        IMAGES.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(IMAGES / name), full_page=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loopline.conftest import PASSWORD
 
 
 def _seed(role: str):
@@ -61,7 +43,7 @@ def _login(page, base: str, user) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_visual_builder_edits_text_block_and_saves_mjml_that_renders(live_server, browser):
+def test_visual_builder_edits_text_block_and_saves_mjml_that_renders(live_server, browser, screenshot):
     from playwright.sync_api import expect
 
     from loopline.accounts.access import Access
@@ -137,7 +119,7 @@ def test_visual_builder_edits_text_block_and_saves_mjml_that_renders(live_server
     canvas.get_by_text("Now with dashboards.", exact=False).click()
     page.get_by_role("button", name="Insert").click()
     expect(canvas.get_by_text('{{ dynamic("industry-hero") }}')).to_be_visible()
-    _shot(page, "email-builder.png")
+    screenshot(page, "email-builder.png")
     page.get_by_role("button", name="Save and keep editing").click()
     expect(page.get_by_text("Email saved.")).to_be_visible()
 
@@ -178,11 +160,11 @@ def test_visual_builder_edits_text_block_and_saves_mjml_that_renders(live_server
     expect(
         page.frame_locator("iframe[title='Block preview']").get_by_text("Shelf analytics for shops")
     ).to_be_visible()
-    _shot(page, "email-dynamic-content.png")
+    screenshot(page, "email-dynamic-content.png")
 
 
 @pytest.mark.django_db(transaction=True)
-def test_sales_user_composes_previews_and_sends_one_to_one_into_demo_inbox(live_server, settings, browser):
+def test_sales_user_composes_previews_and_sends_one_to_one_into_demo_inbox(live_server, settings, browser, screenshot, free_port):
     from aiosmtpd.controller import Controller
     from playwright.sync_api import expect
 
@@ -190,7 +172,7 @@ def test_sales_user_composes_previews_and_sends_one_to_one_into_demo_inbox(live_
     from loopline.emails.models import CapturedMessage
     from loopline.prospects.models import Activity, ActivityType, Prospect
 
-    port = _free_port()
+    port = free_port
     settings.MAILERS = {
         "default": {
             "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
@@ -225,7 +207,7 @@ def test_sales_user_composes_previews_and_sends_one_to_one_into_demo_inbox(live_
         expect(
             page.frame_locator("iframe[title='HTML version']").get_by_text("Could the Initech team use")
         ).to_be_visible()
-        _shot(page, "email-one-to-one.png")
+        screenshot(page, "email-one-to-one.png")
         page.get_by_role("button", name="Send now").click()
         expect(page.get_by_text("Email sent to pat@initech.test.")).to_be_visible()
         # On the prospect's timeline as sent.

@@ -88,3 +88,15 @@ def make_prospects(bu):
                                         first_name=f"P{i}", **fields) for i in range(n)]
 
     return make
+
+
+@pytest.fixture
+def client_as(marketing_user):
+    """A test client logged in as the business unit's marketing user."""
+    from django.test import Client
+
+    from loopline.conftest import PASSWORD
+
+    client = Client()
+    assert client.login(email=marketing_user.email, password=PASSWORD)
+    return client

@@ -7,18 +7,9 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.test import Client
-
-from loopline.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture
-def client_as(marketing_user):
-    client = Client()
-    assert client.login(email=marketing_user.email, password=PASSWORD)
-    return client
 
 
 def _form(body: str, **extra) -> dict:

@@ -12,12 +12,6 @@ from loopline.conftest import PASSWORD
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def client_as(marketing_user):
-    client = Client()
-    assert client.login(email=marketing_user.email, password=PASSWORD)
-    return client
-
 
 def _post_data(**overrides):
     data = {

@@ -10,12 +10,6 @@ from loopline.conftest import PASSWORD
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def client_as(marketing_user):
-    client = Client()
-    assert client.login(email=marketing_user.email, password=PASSWORD)
-    return client
-
 
 def test_editor_refuses_unrenderable_email_and_keeps_input(bu, client_as):
     from loopline.emails.models import Email
