@@ -12,7 +12,10 @@ loop) in a thread. Then:
 2. push: N prospects imported into Loopline and assigned → N new CRM leads (records/s, API calls);
 3. latency: single edits on either side, timed until they show on the other side (the worker runs at default
    settings); CRM → Loopline checked in the Loopline database, Loopline → CRM by reading the lead back;
-4. idle: one quiet minute of the running worker, its API calls extrapolated to an hour;
+4. idle: the running worker left alone for ``--idle-seconds`` (≥ 60 s, after 12 s to settle into its idle interval);
+   every API call it makes is counted (by path, logged) and extrapolated to an hour (``idle_api_calls_per_hour``).
+   Cross-check from the real interval logic: calls per idle poll × 3600 / ``pull.next_interval`` after idle polls
+   (``idle_api_calls_per_hour_model``, with ``idle_poll_interval_s`` and ``idle_calls_per_poll``);
 5. correctness: duplicates (CRM leads sharing an email, prospects sharing a CRM id) and lost records of phases 1-2,
    then three rounds of ``--check-records`` changes each way (bench/_connector_checks.py): the worker killed with
    SIGKILL mid-batch and restarted; the sandbox failing 5% of calls with UNABLE_TO_LOCK_ROW and 5% with 503; the
@@ -58,11 +61,13 @@ def main() -> None:
     parser.add_argument("--jitter-ms", type=float, default=20)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--samples", type=int, default=20, help="latency samples per direction")
-    parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--idle-seconds", type=float, default=60, help="idle window (at least 60 s)")
     parser.add_argument("--throughput-only", action="store_true", help="skip the latency and idle phases")
     parser.add_argument("--check-records", type=int, default=None,
                         help="records each way per correctness round (default: min(records, 10000))")
     args = parser.parse_args()
+    if args.idle_seconds < 60:
+        parser.error("--idle-seconds must be at least 60 (an idle poll comes every ~10 s)")
 
     from loopline.connector.tests.sandbox import SandboxProcess
 
@@ -214,11 +219,29 @@ def run(crm, args, n: int) -> dict:
     # 4. Idle.
     log(f"idle for {args.idle_seconds:.0f}s")
     time.sleep(12)  # let the adaptive interval settle into its idle value
+    by_path: dict[str, int] = {}
+
+    def count(response, *a, **k):
+        if "/oauth2/" not in response.url:
+            key = f"{response.request.method} {response.url.split('/services/data/')[-1].split('?')[0]}"
+            by_path[key] = by_path.get(key, 0) + 1
+
+    client._session.hooks["response"].append(count)
     calls = client.usage.calls
     t = time.perf_counter()
     time.sleep(args.idle_seconds)
     idle_calls = client.usage.calls - calls
-    out["idle_api_calls_per_hour"] = round(idle_calls * 3600 / (time.perf_counter() - t))
+    client._session.hooks["response"].remove(count)
+    elapsed = time.perf_counter() - t
+    out["idle_api_calls_per_hour"] = round(idle_calls * 3600 / elapsed)
+    # The same figure from the worker's own interval logic: an idle poll's calls × idle polls per hour.
+    polls = by_path.get(f"POST v{connector.api_version}/composite", 0)
+    interval = pull.next_interval(connector, [0] * 8)
+    out["idle_poll_interval_s"] = round(interval, 1)
+    out["idle_calls_per_poll"] = round(idle_calls / polls, 2) if polls else None
+    if polls:
+        out["idle_api_calls_per_hour_model"] = round(idle_calls / polls * 3600 / interval)
+    log(f"idle: {idle_calls} calls in {elapsed:.0f}s ({by_path}); idle interval {interval:.1f}s")
     worker.stop()
     thread.join(30)
 

@@ -14,5 +14,6 @@ class CampaignsConfig(AppConfig):
         events.subscribe(events.ProspectChanged, services.on_prospect_changed)
         events.subscribe(events.ProspectsBulkChanged, services.on_prospects_bulk_changed)
         events.subscribe(events.ActivityRecorded, services.on_activity_recorded)
+        events.subscribe(events.ProspectsMerged, services.on_prospects_merged)  # memberships move ([R32])
         services.register_actions()  # add_to_campaign creates a membership ([M33])
         tasks.register_schedules()

@@ -299,6 +299,34 @@ def add_member(bu, campaign_id: int, prospect_id: int, *, status: str = "Respond
     return member
 
 
+def on_prospects_merged(event) -> None:
+    """[R32] the survivor takes the loser's campaign memberships: moved where it had none for that campaign, else
+    folded into its own (the earlier join and first response win, for attribution)."""
+    mine = {m.campaign_id: m for m in CampaignMember.objects.filter(prospect_id=event.survivor_id)}
+    for theirs in CampaignMember.objects.filter(prospect_id=event.loser_id):
+        own = mine.get(theirs.campaign_id)
+        if own is None:
+            CampaignMember.objects.filter(pk=theirs.pk).update(prospect_id=event.survivor_id)
+            continue
+        changed = []
+        if theirs.added_at < own.added_at:
+            own.added_at = theirs.added_at
+            changed.append("added_at")
+        if theirs.has_responded:
+            times = [t for t in (own.first_responded_at, theirs.first_responded_at) if t is not None]
+            first = min(times) if times else None
+            if not own.has_responded or first != own.first_responded_at:
+                own.has_responded, own.first_responded_at = True, first
+                changed += ["has_responded", "first_responded_at"]
+        if not own.crm_id and theirs.crm_id:
+            own.crm_id = theirs.crm_id
+            changed.append("crm_id")
+        if changed:
+            own.save(update_fields=changed)
+        theirs.delete()
+    refresh_opportunities_for_prospects(event.bu_id, [event.survivor_id])
+
+
 def _validate_campaign_action(bu, params):
     from loopline.platform.actions import _int_param
 
@@ -507,9 +535,24 @@ def upsert_campaign_members(bu, rows: Sequence[Mapping[str, Any]]) -> dict[str, 
     if objs:
         CampaignMember.objects.bulk_create(
             list(objs.values()), update_conflicts=True, unique_fields=["campaign", "prospect"],
-            update_fields=["status", "has_responded", "first_responded_at", "added_at", "crm_id"], batch_size=1000)
+            # ``added_at`` is kept: a membership's join time never moves (attribution orders touches by it, [M34]).
+            update_fields=["status", "has_responded", "first_responded_at", "crm_id"], batch_size=1000)
         refresh_opportunities_for_prospects(bu_id, {p for _, p in objs})
     return {"upserted": len(objs), "skipped": skipped}
+
+
+@transaction.atomic
+def remove_campaign_members(bu, crm_ids: Sequence[str]) -> int:
+    """CampaignMember rows deleted in the CRM ([R38]): the prospects leave those campaigns."""
+    bu_id = getattr(bu, "pk", bu)
+    ids = [c for c in crm_ids if c]
+    if not ids:
+        return 0
+    rows = list(CampaignMember.objects.filter(bu_id=bu_id, crm_id__in=ids).values_list("pk", "prospect_id"))
+    CampaignMember.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
+    if rows:
+        refresh_opportunities_for_prospects(bu_id, {p for _, p in rows})
+    return len(rows)
 
 
 @transaction.atomic

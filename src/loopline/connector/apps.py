@@ -18,6 +18,10 @@ class ConnectorConfig(AppConfig):
         from . import tasks
 
         tasks.register_schedules()  # error digest; the sync tick in scale (Celery) mode
+
+        from .sync import deletions
+
+        deletions.register_actions()  # "allow CRM record to be recreated" ([R31])
         _register_worker_child()
 
 

@@ -228,3 +228,95 @@ class CrmDescribe(models.Model):
 
     def __str__(self) -> str:
         return self.object_type
+
+
+class CampaignMemberSync(models.Model):
+    """Loopline → CRM state of one campaign membership in a connected campaign ([R38]): the CRM CampaignMember id and
+    the status both sides agree on. A row is *pending* while Loopline's status differs and waits to be written."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed (in the error queue)"
+
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="member_syncs")
+    member = models.ForeignKey("campaigns.CampaignMember", on_delete=models.CASCADE, related_name="+")
+    crm_id = models.CharField(max_length=18, blank=True)
+    synced_status = models.CharField(max_length=40, blank=True, help_text="The status the CRM holds.")
+    target_status = models.CharField(max_length=40, blank=True, help_text="The status last queued or tried.")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connector", "member"], name="member_sync_unique")]
+        indexes = [models.Index(fields=["connector", "state", "next_run_at"], name="member_sync_due"),
+                   models.Index(fields=["connector", "crm_id"], name="member_sync_crm_id")]
+
+    def __str__(self) -> str:
+        return f"member {self.member_id} ↔ {self.crm_id or '(new)'} {self.state}"
+
+
+class CrmTaskLog(models.Model):
+    """One completed CRM Task to write for one email sent to a synced prospect ([R39]): the task's content is frozen
+    when the row is queued; the row is claimed with a lease and marked done with the Task id, exactly once."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed (in the error queue)"
+
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="task_logs")
+    delivery_id = models.BigIntegerField(help_text="The email send ledger row (emails.Delivery).")
+    prospect = models.ForeignKey("prospects.Prospect", on_delete=models.CASCADE, related_name="+")
+    who_id = models.CharField(max_length=18)
+    subject = models.CharField(max_length=255)
+    activity_date = models.DateField()
+    description = models.TextField(blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    crm_id = models.CharField(max_length=18, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connector", "delivery_id"], name="task_log_once")]
+        indexes = [models.Index(fields=["connector", "state", "next_run_at"], name="task_log_due")]
+
+    def __str__(self) -> str:
+        return f"task for delivery {self.delivery_id} {self.state}"
+
+
+class BulkImportCheckpoint(models.Model):
+    """Where a Bulk API 2.0 initial import of one object stands: the watermark recorded before the job, the query job,
+    the result page being applied (its locator) and how many of its rows are applied. Updated in the same transaction
+    as the records it counts, so a worker killed at any point resumes exactly after the last committed chunk."""
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="bulk_checkpoints")
+    object_type = models.CharField(max_length=40)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.RUNNING)
+    watermark_at = models.DateTimeField(help_text="Polling resumes from here once the import is done ([R22]).")
+    job_id = models.CharField(max_length=18, blank=True, help_text="The Bulk API 2.0 query job.")
+    locator = models.CharField(max_length=200, blank=True, help_text="Result page being applied ('' = the first).")
+    page_offset = models.PositiveIntegerField(default=0, help_text="Rows of that page already applied.")
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    pages = models.PositiveIntegerField(default=0)
+    counters = models.JSONField(default=dict, blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connector", "object_type"], name="bulk_checkpoint_object")]
+
+    def __str__(self) -> str:
+        return f"bulk import {self.object_type} {self.state} {self.done}/{self.total}"

@@ -75,7 +75,8 @@ def status_summary(connector: Connector) -> dict[str, Any]:
     watermarks = {
         w.object_type: {"last_successful_poll": _iso(w.last_success_at), "last_poll": _iso(w.last_poll_at),
                         "watermark": _iso(w.modstamp), "last_error": w.last_error}
-        for w in Watermark.objects.filter(connector=connector).order_by("object_type")
+        # "Task:email_sends" is the email task log's cursor ([R39]), not a CRM poll.
+        for w in Watermark.objects.filter(connector=connector).exclude(object_type__contains=":").order_by("object_type")
     }
     samples = latency_samples(connector, now - dt.timedelta(hours=1))
     errors = SyncError.objects.filter(connector=connector).aggregate(
@@ -83,7 +84,7 @@ def status_summary(connector: Connector) -> dict[str, Any]:
         retrying=Count("id", filter=Q(status=SyncError.Status.RETRYING)))
     last_runs = {
         kind: {"at": _iso(r.finished_at or r.started_at), "note": r.note, "api_calls": r.api_calls}
-        for kind in ("pull", "push", "manual", "initial_import")
+        for kind in ("pull", "push", "manual", "initial_import", "related", "members", "tasks")
         for r in [SyncRun.objects.filter(connector=connector, kind=kind).order_by("-started_at", "-id").first()]
         if r is not None
     }
@@ -126,10 +127,17 @@ def status_summary(connector: Connector) -> dict[str, Any]:
             "loopline_to_crm": {**_percentiles(samples["to_crm"]), "samples": len(samples["to_crm"])},
         },
         "errors": {"open": errors["open"] or 0, "retrying": errors["retrying"] or 0},
+        "related_backlog": _related_backlog(connector),  # [R38] members, [R39] email tasks waiting to be written
         "last_runs": last_runs,
         "links": CrmLink.objects.filter(connector=connector).count(),
         "send_to_loopline": _send_to_loopline(connector),
     }
+
+
+def _related_backlog(connector: Connector) -> dict[str, int]:
+    from .sync.related import pending_counts
+
+    return pending_counts(connector)
 
 
 def _send_to_loopline(connector: Connector) -> dict[str, str]:

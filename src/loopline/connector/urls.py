@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import prospect_views, views
 
 app_name = "connector"
 
@@ -31,4 +31,6 @@ urlpatterns = [
     path("metadata/", views.metadata_page, name="metadata"),
     path("metadata/refresh/", views.metadata_refresh, name="metadata_refresh"),
     path("metadata/roles/", views.metadata_roles, name="metadata_roles"),
+    path("prospects/<int:pk>/sync/", prospect_views.sync_prospect, name="sync_prospect"),
+    path("prospects/<int:pk>/allow-recreate/", prospect_views.allow_recreate, name="allow_recreate"),
 ]

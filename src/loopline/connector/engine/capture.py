@@ -7,6 +7,11 @@ After processing, :meth:`Watermark.advance` moves the watermark to the latest pr
 still pending — and keeps the keys still inside the overlap. Many records with one modstamp spread over pages are
 safe: the next query starts at or before that modstamp and the keys skip the ones already processed.
 
+A quiet object's window would otherwise stay anchored at its last change: every idle poll would re-read everything
+changed in the overlap before it (after a bulk push, thousands of records and a page call each). So a poll that
+completed settles the window (:meth:`Watermark.settle`): whatever changed more than the overlap (plus a margin for
+clock skew) before that poll started was visible to it and has been read, so later windows start no earlier than that.
+
 Several objects are polled in one composite call (≤5 queries, one API call): :func:`composite_poll_body`. Follow
 each result's ``nextRecordsUrl`` with plain GETs.
 
@@ -90,10 +95,30 @@ class Watermark:
     object_type: str
     modstamp: datetime | None = None
     recent_keys: frozenset[Key] = field(default_factory=frozenset)
+    #: Every record changed before this has been read by a completed poll (:meth:`settle`).
+    settled: datetime | None = None
 
     def since(self, overlap: timedelta = DEFAULT_OVERLAP) -> datetime | None:
         """Lower bound of the next poll window (``None`` = from the beginning: use the initial import instead)."""
-        return None if self.modstamp is None else as_utc(self.modstamp) - overlap
+        if self.modstamp is None:
+            return None
+        bound = as_utc(self.modstamp) - overlap
+        return max(bound, self.settled) if self.settled is not None else bound
+
+    def settle(self, poll_started_at: datetime, overlap: timedelta = DEFAULT_OVERLAP,
+               clock_margin: timedelta | None = None) -> Watermark:
+        """After a poll that read every page and applied every record: records changed before ``poll_started_at``
+        minus the overlap (a late commit shows within it) minus ``clock_margin`` (our clock against the CRM's;
+        default: the overlap again) were all visible to that poll. Never moves backwards; keys below the new window
+        are dropped. Call it only when the whole poll completed — a poll stopped half-way leaves the window as is."""
+        margin = overlap if clock_margin is None else clock_margin
+        settled = as_utc(poll_started_at) - overlap - margin
+        if self.settled is not None and self.settled >= settled:
+            return self
+        floor = self.since(overlap)
+        floor = settled if floor is None else max(floor, settled)
+        keys = frozenset(k for k in self.recent_keys if datetime.fromisoformat(k[1]) >= floor)
+        return Watermark(self.object_type, self.modstamp, keys, settled)
 
     def filter_new(self, records: Iterable[CrmRecord]) -> tuple[list[CrmRecord], int]:
         """Records not seen yet (by ``(Id, SystemModstamp)``, also de-duplicated within the batch), and how many were
@@ -130,24 +155,42 @@ class Watermark:
         keys = set(self.recent_keys) | {record_key(i, m) for i, m in items}
         if new is not None:
             cutoff = new - overlap
+            if self.settled is not None:
+                cutoff = max(cutoff, self.settled)
             keys = {k for k in keys if datetime.fromisoformat(k[1]) >= cutoff}
-        return Watermark(self.object_type, new, frozenset(keys))
+        return Watermark(self.object_type, new, frozenset(keys), self.settled)
 
     def to_json(self) -> dict[str, Any]:
+        """``recent_keys`` carries ``settled`` as one extra ``["*settled", ISO]`` pair (no id looks like that), so the
+        ``Watermark`` row's two columns hold the whole position."""
+        keys = sorted([list(k) for k in self.recent_keys])
+        if self.settled is not None:
+            keys.append([SETTLED_KEY, self.settled.isoformat()])
         return {
             "object_type": self.object_type,
             "modstamp": self.modstamp.isoformat() if self.modstamp else None,
-            "recent_keys": sorted([list(k) for k in self.recent_keys]),
+            "recent_keys": keys,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Watermark:
         stamp = data.get("modstamp")
+        keys: set[Key] = set()
+        settled = None
+        for a, b in data.get("recent_keys") or ():
+            if a == SETTLED_KEY:
+                settled = as_utc(datetime.fromisoformat(str(b)))
+            else:
+                keys.add((str(a), str(b)))
         return cls(
             str(data["object_type"]),
             as_utc(datetime.fromisoformat(stamp)) if stamp else None,
-            frozenset((str(a), str(b)) for a, b in data.get("recent_keys") or ()),
+            frozenset(keys),
+            settled,
         )
+
+
+SETTLED_KEY = "*settled"
 
 
 def _pair(item: CrmRecord | tuple[str, datetime]) -> tuple[str, datetime]:

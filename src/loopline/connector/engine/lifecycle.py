@@ -70,7 +70,16 @@ def decide_lifecycle(
     connector_user_id: str = "",
 ) -> LifecycleDecision:
     """What happens to ``prospect`` given the latest state of the record it is linked to."""
+    current = is_current_record(prospect, record)
     if record.is_deleted:
+        if not current:
+            # A record the prospect no longer syncs with (the lead of a converted prospect, a lead a contact took
+            # over): its deletion is history, not the prospect's fate.
+            return LifecycleDecision(
+                LifecycleAction.NONE,
+                f"{record.object_type} {record.id} deleted in the CRM; the prospect syncs with {prospect.crm_id}",
+                skip_reason=SkipReason.CRM_DELETED,
+            )
         if record.master_record_id:
             return LifecycleDecision(
                 LifecycleAction.MERGED_INTO,
@@ -93,14 +102,18 @@ def decide_lifecycle(
             "record no longer matches the marketing data sharing rule [R36]",
             skip_reason=SkipReason.NOT_VISIBLE,
         )
-    if prospect.crm_deleted:
+    if prospect.crm_deleted and current:
         return LifecycleDecision(
             LifecycleAction.RESTORE_UNDELETED,
             f"{record.object_type} {record.id} undeleted in the CRM [R31]",
             link=Link.for_record(record),
         )
     if record.is_lead and record.is_converted:
-        if record.converted_contact_id and not _same(prospect.crm_contact_id, record.converted_contact_id):
+        if (
+            current
+            and record.converted_contact_id
+            and not _same(prospect.crm_contact_id, record.converted_contact_id)
+        ):
             return LifecycleDecision(
                 LifecycleAction.FOLLOW_CONVERSION,
                 f"lead {record.id} converted to contact {record.converted_contact_id} [R13]",
@@ -115,6 +128,18 @@ def decide_lifecycle(
             skip_reason=SkipReason.CONVERTED_LEAD,
         )
     return LifecycleDecision(LifecycleAction.NONE, "active record")
+
+
+def is_current_record(prospect: ProspectSnapshot, record: CrmRecord) -> bool:
+    """Whether ``record`` is the one the prospect syncs with now: its contact when it has one, else its lead
+    ([R13]); for a person account, the account or its person contact ([R14]). An unlinked prospect has none."""
+    if not prospect.crm_id:
+        return False
+    if _same(prospect.crm_id, record.id):
+        return True
+    if record.person_contact_id and _same(prospect.crm_contact_id, record.person_contact_id):
+        return True
+    return record.object_type == CrmObject.PERSON_ACCOUNT and _same(prospect.crm_account_id, record.id)
 
 
 def _same(a: str, b: str) -> bool:

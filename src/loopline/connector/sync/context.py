@@ -5,17 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.utils import timezone
 
 from .. import services
-from ..engine import ConnectorSettings, ObjectDescribe
+from ..engine import ConnectorSettings, CrmRecord, ObjectDescribe
 from ..engine.model import FieldMapping, sobject_name
 from ..mapping import load_mappings
 from ..models import Connector, CrmDescribe
 from ..salesforce.client import CrmClient
+from .snapshots import crm_side
 
 DESCRIBE_MAX_AGE = dt.timedelta(hours=24)
 POLLED_OBJECTS = ("Lead", "Contact")
@@ -59,6 +61,7 @@ class SyncContext:
     raw_settings: dict[str, Any]
     calls_at_start: int = 0
     _describes: dict[str, ObjectDescribe] = field(default_factory=dict)
+    _derived: dict[tuple[str, dt.datetime], tuple[dict[str, Any], str, dict[str, str]]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, connector: Connector, client: CrmClient | None = None) -> SyncContext:
@@ -95,6 +98,21 @@ class SyncContext:
             }
             out.append(m if len(by_object) == len(m.crm_field_by_object) else replace(m, crm_field_by_object=by_object))
         return tuple(out)
+
+    def crm_side(self, record: CrmRecord) -> tuple[dict[str, Any], str, dict[str, str]]:
+        """``snapshots.crm_side`` of the record: new-prospect values, record hash, agreed baseline (precomputed by
+        the page thread when it could)."""
+        done = self._derived.pop((record.id, record.system_modstamp), None)
+        return done if done is not None else crm_side(record.values, self.mappings, record.object_type)
+
+    def precompute(self, records: Iterable[CrmRecord]) -> None:
+        """Work out ``crm_side`` ahead (pure: safe in the page-fetching thread)."""
+        for r in records:
+            self._derived[(r.id, r.system_modstamp)] = crm_side(r.values, self.mappings, r.object_type)
+
+    def forget_precomputed(self, records: Iterable[CrmRecord]) -> None:
+        for r in records:
+            self._derived.pop((r.id, r.system_modstamp), None)
 
     @property
     def api_version(self) -> str:

@@ -110,6 +110,9 @@ def _retry(error: SyncError) -> None:
         from ..outbox import enqueue
 
         enqueue(connector.pk, error.prospect_id, ["*"], reason="retry")
+        from .related import retry_for
+
+        retry_for(connector, error.prospect_id)  # its campaign member and email task writes too ([R38], [R39])
         SyncError.objects.filter(pk=error.pk).update(status=SyncError.Status.RETRYING, next_retry_at=timezone.now())
     elif error.crm_id:
         SyncError.objects.filter(pk=error.pk).update(status=SyncError.Status.RETRYING, next_retry_at=timezone.now())

@@ -11,7 +11,7 @@ from django.db import transaction
 from loopline.accounts.access import Access
 from loopline.prospects.models import Prospect
 
-from ..engine import RunCounters, sync_gate
+from ..engine import RunCounters, SkipReason, sync_gate
 from ..engine.model import id18
 from ..models import Connector
 from ..outbox import enqueue
@@ -47,7 +47,10 @@ def sync_prospect_now(access: Access, prospect: Prospect) -> ManualResult:
     connector = _connector(prospect.bu_id)
     gate = sync_gate(snapshot(prospect, ()))
     if not gate.allowed:
-        return ManualResult(False, gate.message, prospect.pk)
+        message = gate.message
+        if gate.skip_reason is SkipReason.CRM_DELETED:  # [R31] say how to get a CRM record again
+            message += ' To create a new CRM record for it, use "Allow CRM record to be recreated".'
+        return ManualResult(False, message, prospect.pk)
     ctx = SyncContext.load(connector)
     counters = RunCounters()
     crm_id = prospect.crm_contact_id or prospect.crm_lead_id

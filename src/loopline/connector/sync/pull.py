@@ -51,9 +51,9 @@ from ..metrics import SYNC_LATENCY, SYNCED_RECORDS
 from ..models import Connector, CrmLink, SyncError
 from ..models import Watermark as WatermarkRow
 from ..salesforce.client import CrmApiError
-from . import errors, fastwrite, runs
+from . import deletions, errors, fastwrite, related, runs
 from .context import POLLED_OBJECTS, SyncContext
-from .snapshots import crm_side, snapshot, split_writes, state_of
+from .snapshots import snapshot, split_writes, state_of
 
 logger = logging.getLogger("loopline.connector.pull")
 
@@ -91,24 +91,34 @@ def save_watermark(row: WatermarkRow, wm: Watermark, *, success: bool = True) ->
 # --- Polling ------------------------------------------------------------------------------------------------------
 
 
-def _pages(ctx: SyncContext, first: dict) -> Iterator[list[dict]]:
-    """Yield result pages, fetching the next page in the background while the caller applies the current one
-    (the CRM's answer time overlaps our database work)."""
+def _pages(ctx: SyncContext, first: dict, object_type: str, *, precompute: bool = False
+           ) -> Iterator[list[CrmRecord]]:
+    """Yield result pages as records, fetching and parsing the next page in a background thread while the caller
+    applies the current one: the CRM's answer time and the parsing overlap our database work. ``precompute`` also
+    derives each record's new-prospect values there (:meth:`SyncContext.precompute`; the initial import, where most
+    records become prospects). The background work is pure: no database access."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def fetch(url: str) -> dict:
-        return ctx.client.restful(url.split(f"/v{ctx.api_version}/", 1)[-1])
+    def prepare(raw: list[dict]) -> list[CrmRecord]:
+        records = [CrmRecord.from_api(object_type, r) for r in raw]
+        if precompute:
+            ctx.precompute([r for r in records if not r.is_deleted])
+        return records
 
-    page = first
+    def fetch(url: str) -> tuple[dict, list[CrmRecord]]:
+        page = ctx.client.restful(url.split(f"/v{ctx.api_version}/", 1)[-1])
+        return page, prepare(page.get("records") or [])
+
+    page, records = first, prepare(first.get("records") or [])
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-page") as pool:
         while True:
             upcoming = None
             if not page.get("done", True) and page.get("nextRecordsUrl"):
                 upcoming = pool.submit(fetch, page["nextRecordsUrl"])
-            yield page.get("records") or []
+            yield records
             if upcoming is None:
                 return
-            page = upcoming.result()
+            page, records = upcoming.result()
 
 
 def poll(connector: Connector, *, client=None) -> RunCounters:
@@ -118,10 +128,17 @@ def poll(connector: Connector, *, client=None) -> RunCounters:
         counters = run.counters
         marks = {o: load_watermark(connector, o) for o in POLLED_OBJECTS}
         queries = [poll_query(wm, ctx.mappings, overlap=OVERLAP) for _, wm in marks.values()]
+        # [R38]/[R40] campaign members, opportunities and contact roles ride on the same call (≤5 queries).
+        riders = related.riders(ctx, room=5 - len(queries))
         body = {"allOrNone": False, "compositeRequest": [
-            {"method": "GET", "url": q.url(ctx.api_version), "referenceId": q.object_type} for q in queries]}
+            {"method": "GET", "url": q.url(ctx.api_version), "referenceId": q.object_type} for q in queries]
+            + riders.subrequests()}
+        started = timezone.now()
         response = ctx.client.restful("composite", method="POST", json=body)
         for sub in response.get("compositeResponse") or ():
+            if riders.owns(sub):
+                riders.apply(sub)
+                continue
             object_type = str(sub.get("referenceId"))
             status = int(sub.get("httpStatusCode") or 500)
             row, wm = marks[object_type]
@@ -133,17 +150,18 @@ def poll(connector: Connector, *, client=None) -> RunCounters:
                 WatermarkRow.objects.filter(pk=row.pk).update(last_poll_at=timezone.now(),
                                                               last_error=f"{code}: {message}"[:500])
                 raise CrmApiError(code, message, status)
-            for records in _pages(ctx, sub.get("body") or {}):
-                wm = apply_page(ctx, object_type, records, wm, row, counters)
-            save_watermark(row, wm)
+            for records in _pages(ctx, sub.get("body") or {}, object_type):
+                wm = apply_page(ctx, records, wm, row, counters)
+            # Every page read and applied: an idle object's next window no longer re-reads its last burst.
+            save_watermark(row, wm.settle(started, OVERLAP))
+        riders.finish()
         if counters.fetched == 0:
             counters.note = "no changes in the CRM since the last poll"
     return counters
 
 
-def apply_page(ctx: SyncContext, object_type: str, raw: Sequence[dict], wm: Watermark, row: WatermarkRow,
+def apply_page(ctx: SyncContext, records: Sequence[CrmRecord], wm: Watermark, row: WatermarkRow,
                counters: RunCounters, *, explicit: bool = False) -> Watermark:
-    records = [CrmRecord.from_api(object_type, r) for r in raw]
     counters.fetched += len(records)
     fresh, dropped = wm.filter_new(records)
     if dropped:
@@ -190,12 +208,26 @@ def _candidates(bu_id: int, records: Sequence[CrmRecord]) -> list[Prospect]:
             ids.add(r.converted_contact_id)
         if r.person_contact_id:
             ids.add(r.person_contact_id)
+    # Account ids (prefix 001, person accounts) are the only ones an account id column can hold; leaving the
+    # clause out otherwise keeps every branch of the OR on an index.
+    accounts = {i for i in ids if i.startswith("001")}
     emails = {r.email for r in records if r.email}
-    query = Q(crm_lead_id__in=ids) | Q(crm_contact_id__in=ids) | Q(crm_account_id__in=ids)
-    if emails:
-        query |= Q(email__in=emails)
-    return list(Prospect.objects.filter(query, bu_id=bu_id, merged_into__isnull=True).select_related(
-        "source_campaign", "bu"))
+    pks = fastwrite.select_pks(
+        Prospect, "bu_id = %b AND merged_into_id IS NULL AND (crm_lead_id = ANY(%b) OR crm_contact_id = ANY(%b)"
+        + (" OR crm_account_id = ANY(%b)" if accounts else "") + " OR email = ANY(%b))",
+        [bu_id, list(ids), list(ids), *([list(accounts)] if accounts else []), list(emails)])
+    if pks is not None:
+        if not pks:  # the usual case of an initial import: nothing to load
+            return []
+        found = Prospect.objects.filter(pk__in=pks)
+    else:
+        query = Q(crm_lead_id__in=ids) | Q(crm_contact_id__in=ids)
+        if accounts:
+            query |= Q(crm_account_id__in=accounts)
+        if emails:
+            query |= Q(email__in=emails)
+        found = Prospect.objects.filter(query, bu_id=bu_id, merged_into__isnull=True)
+    return list(found.select_related("source_campaign", "bu"))
 
 
 def apply_records(ctx: SyncContext, records: Sequence[CrmRecord], counters: RunCounters, *,
@@ -284,8 +316,11 @@ def _skip_known(ctx: SyncContext, records: Sequence[CrmRecord], counters: RunCou
     """Echo check first, from the links alone ([R24]): our own writes coming back (e.g. right after a big push) and
     replayed overlap records are skipped without loading any prospect. Deleted/converted records and records whose
     prospect is in the recycle bin or CRM-deleted always go on to the lifecycle rules."""
-    links = {id18(link.crm_id).lower(): link for link in CrmLink.objects.filter(
-        connector=ctx.connector, crm_id__in={r.id for r in records} | {r.id[:15] for r in records})}
+    crm_ids = {r.id for r in records} | {r.id[:15] for r in records}
+    pks = fastwrite.select_pks(CrmLink, "connector_id = %b AND crm_id = ANY(%b)", [ctx.connector.pk, list(crm_ids)])
+    found = (CrmLink.objects.filter(connector=ctx.connector, crm_id__in=crm_ids) if pks is None
+             else CrmLink.objects.filter(pk__in=pks) if pks else CrmLink.objects.none())
+    links = {id18(link.crm_id).lower(): link for link in found}
     if not links:
         return list(records), [], links
     flagged = set(Prospect.objects.filter(pk__in={link.prospect_id for link in links.values()})
@@ -316,34 +351,14 @@ def _apply_matched(ctx: SyncContext, prospect: Prospect, snap, record: CrmRecord
     now = timezone.now()
     decision = decide_lifecycle(snap, record, connector_user_id=ctx.settings.connector_user_id)
     action = decision.action
-    if action in (LifecycleAction.RECYCLE_CRM_DELETED, LifecycleAction.MERGED_INTO):
-        # [R31] recycle bin + CRM-deleted flag; [R32] merge: the loser's prospect goes to the winner's prospect.
-        winner = None
-        if action is LifecycleAction.MERGED_INTO and decision.merged_into_crm_id:
-            master = decision.merged_into_crm_id
-            winner = (Prospect.objects.filter(bu_id=connector.bu_id, is_deleted=False)
-                      .filter(Q(crm_lead_id=master) | Q(crm_contact_id=master)).exclude(pk=prospect.pk).first())
-        if winner is not None:
-            prospect_services.merge_prospects(winner, prospect)
-        else:
-            prospect_services.update_prospect(prospect, {}, source="crm", extra={"crm_deleted": True})
-            prospect_services.move_to_recycle_bin(prospect, reason=decision.reason)
+    if action is not LifecycleAction.NONE and deletions.apply_lifecycle(ctx, prospect, record, decision, counters):
+        # [R13] conversion, [R31] deletion, [R32] merge: sync/deletions.py and sync/conversion.py
         _save_link(ctx, prospect, record, link, None, now)
         counters.updated += 1
         SYNCED_RECORDS.labels("from_crm", "updated").inc()
         return prospect.pk
-    if action is LifecycleAction.RESTORE_UNDELETED:
-        prospect_services.undelete(prospect)
-        prospect_services.update_prospect(prospect, {}, source="crm", extra={"crm_deleted": False})
+    if action is LifecycleAction.RESTORE_UNDELETED:  # [R31] restored: resolve the record's values as usual
         snap = snapshot(prospect, ctx.mappings)
-    if action is LifecycleAction.FOLLOW_CONVERSION:
-        # [R13]: follow the converted contact; the lead id stays as history; never write to the lead again.
-        extra: dict[str, Any] = {k: v for k, v in (decision.link.as_dict() if decision.link else {}).items() if v}
-        extra["crm_last_sync_at"] = now
-        prospect_services.update_prospect(prospect, {}, source="crm", extra=extra)
-        _save_link(ctx, prospect, record, link, None, now)
-        counters.updated += 1
-        return prospect.pk
     if decision.skip_reason is not None and action is LifecycleAction.NONE:
         counters.skip(decision.skip_reason)
         _save_link(ctx, prospect, record, link, None, now)
@@ -411,59 +426,60 @@ def _save_link(ctx: SyncContext, prospect: Prospect, record: CrmRecord, link: Cr
 
 
 def _create_prospects(ctx: SyncContext, records: Sequence[CrmRecord], counters: RunCounters) -> dict[str, int]:
-    """[R10]: new prospects for unmatched CRM records, in bulk through the import service (same rules, [R12])."""
+    """[R10]: new prospects for unmatched CRM records, in bulk through the import service (same rules, [R12]).
+    The CRM linkage fields (owner, account, last sync) go into the same INSERT; links follow in one statement."""
     connector = ctx.connector
     bu = connector.bu
+    now = timezone.now()
     rows: list[dict[str, Any]] = []
+    linkage: list[dict[str, Any]] = []
     derived = []
     for r in records:
-        values, read_hash, baseline = crm_side(r.values, ctx.mappings, r.object_type)
+        values, read_hash, baseline = ctx.crm_side(r)
         derived.append((read_hash, baseline))
         data = {k: v for k, v in values.items() if k not in ("crm_owner_id",)}
         data["email"] = r.email
         key = "crm_lead_id" if r.object_type == CrmObject.LEAD else "crm_contact_id"
         data[key] = r.person_contact_id if r.object_type == CrmObject.PERSON_ACCOUNT else r.id
         rows.append(data)
+        extra: dict[str, Any] = {"crm_last_sync_at": now}
+        if r.owner_id:
+            extra["crm_owner_id"] = r.owner_id
+        if r.object_type == CrmObject.CONTACT and r.account_id:
+            extra["crm_account_id"] = r.account_id
+        if r.object_type == CrmObject.PERSON_ACCOUNT:
+            extra["crm_account_id"] = r.id
+        linkage.append(extra)
     unique = not bu.allow_duplicate_emails
     specs = {spec.key: spec for spec in field_specs(bu.pk)}
     result = prospect_services.bulk_upsert_prospects(
-        bu, rows, match="email" if unique else "crm_id", update_existing=False, specs=specs, source="crm")
-    now = timezone.now()
+        bu, rows, match="email" if unique else "crm_id", update_existing=False, specs=specs, source="crm",
+        crm_fields=linkage)
     created: dict[str, int] = {}
-    crm_updates: dict[int, dict[str, Any]] = {}
     new_links: list[dict[str, Any]] = []
-    created_ids = set(result.created_ids)
-    # bulk_upsert reports per row; find the prospect id of each created row through its CRM id.
-    by_crm: dict[str, int] = {}
-    lead_ids = [rows[i].get("crm_lead_id") for i in range(len(rows)) if result.outcomes[i] == "created"]
-    contact_ids = [rows[i].get("crm_contact_id") for i in range(len(rows)) if result.outcomes[i] == "created"]
-    for pk, lead, contact in Prospect.objects.filter(pk__in=created_ids).values_list(
-            "pk", "crm_lead_id", "crm_contact_id"):
-        if lead:
-            by_crm[lead] = pk
-        if contact:
-            by_crm[contact] = pk
-    del lead_ids, contact_ids
+    # Created rows and ``created_ids`` come in the same (row) order; a fallback query if they ever disagree.
+    created_rows = [i for i, outcome in enumerate(result.outcomes) if outcome == "created"]
+    if len(created_rows) == len(result.created_ids):
+        pk_of_row = dict(zip(created_rows, result.created_ids, strict=True))
+    else:
+        by_crm: dict[str, int] = {}
+        for pk, lead, contact in Prospect.objects.filter(pk__in=result.created_ids).values_list(
+                "pk", "crm_lead_id", "crm_contact_id"):
+            by_crm.update({k: pk for k in (lead, contact) if k})
+        pk_of_row = {i: by_crm[k] for i in created_rows
+                     if (k := rows[i].get("crm_lead_id") or rows[i].get("crm_contact_id")) in by_crm}
+    latency = SYNC_LATENCY.labels("from_crm")
     for i, r in enumerate(records):
         outcome = result.outcomes[i]
-        crm_key = rows[i].get("crm_lead_id") or rows[i].get("crm_contact_id")
-        if outcome == "created" and crm_key in by_crm:
-            pk = by_crm[crm_key]
+        if outcome == "created" and i in pk_of_row:
+            pk = pk_of_row[i]
             created[r.id] = pk
-            update: dict[str, Any] = {"crm_last_sync_at": now}
-            if r.owner_id:
-                update["crm_owner_id"] = r.owner_id
-            if r.object_type == CrmObject.CONTACT and r.account_id:
-                update["crm_account_id"] = r.account_id
-            if r.object_type == CrmObject.PERSON_ACCOUNT:
-                update["crm_account_id"] = r.id
-            crm_updates[pk] = update
             new_links.append({
                 "connector_id": connector.pk, "prospect_id": pk, "crm_object": r.object_type, "crm_id": r.id,
                 "last_read_hash": derived[i][0], "last_crm_modstamp": r.system_modstamp,
                 "last_synced_at": now, "baseline": derived[i][1]})
             counters.created += 1
-            SYNC_LATENCY.labels("from_crm").observe(max(0.0, (now - r.system_modstamp).total_seconds()))
+            latency.observe(max(0.0, (now - r.system_modstamp).total_seconds()))
         elif outcome == "rejected":
             problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in result.errors.get(i, {}).items())
             counters.fail("INVALID_VALUE")
@@ -471,7 +487,6 @@ def _create_prospects(ctx: SyncContext, records: Sequence[CrmRecord], counters: 
                           message=f"{r.object_type} {r.id} could not create a prospect: {problems}")
         else:
             counters.skip(SkipReason.ALREADY_LINKED)
-    prospect_services.set_crm_fields(bu.pk, crm_updates)
     fastwrite.insert(CrmLink, new_links, ignore_conflicts=True)
     SYNCED_RECORDS.labels("from_crm", "created").inc(len(created))
     return created
@@ -509,19 +524,21 @@ def initial_import(connector: Connector, job=None, *, client=None, objects: Sequ
                                             headers={"Sforce-Query-Options": "batchSize=2000"})
             if job is not None:
                 platform_tasks.advance(job, 0, total=int(first_page.get("totalSize") or 0))
-            for records in _pages(ctx, first_page):
+            for parsed in _pages(ctx, first_page, object_type, precompute=True):
                 # Apply without the overlap filter: the import is explicit and idempotent by matching.
                 before = counters.created + counters.updated + counters.unchanged + counters.skipped_total
                 with transaction.atomic():
-                    parsed = [CrmRecord.from_api(object_type, r) for r in records]
                     counters.fetched += len(parsed)
                     apply_records(ctx, [r for r in parsed if not r.is_deleted], counters, explicit=True)
                     if parsed:
                         newest = max(parsed, key=lambda r: r.system_modstamp)
                         if wm.modstamp is None or newest.system_modstamp > wm.modstamp:
-                            wm = Watermark(object_type, newest.system_modstamp, wm.recent_keys)
+                            wm = Watermark(object_type, newest.system_modstamp, wm.recent_keys, wm.settled)
                         save_watermark(row, wm)
+                ctx.forget_precomputed(parsed)
                 if job is not None:
                     done = counters.created + counters.updated + counters.unchanged + counters.skipped_total
                     platform_tasks.advance(job, done - before, failed=0)
+    if tuple(objects) == POLLED_OBJECTS:  # then the existing contact roles, deals and campaign members ([R38], [R40])
+        related.initial_import(connector, client=ctx.client)
     return counters

@@ -109,10 +109,9 @@ def _digest(kind, value_type, value) -> str:  # the type is part of the key: 1 =
 
 def digest(kind, value: Any) -> str:
     value_type: type = type(value)  # plain ``type``: mypy does not see ``type[Any]`` as Hashable
-    try:
-        return _digest(kind, value_type, value)
-    except TypeError:  # unhashable
+    if value_type not in _MEMO_TYPES:  # equal values with different texts (0.0 / -0.0), unhashables
         return field_digest(kind, value)
+    return _digest(kind, value_type, value)
 
 
 def agreed_baseline(values: Mapping[str, Any], mappings: Iterable[FieldMapping], object_type: str,
@@ -131,7 +130,73 @@ def crm_side(values: Mapping[str, Any], mappings: Iterable[FieldMapping], object
              ) -> tuple[dict[str, Any], str, dict[str, str]]:
     """For a record read from the CRM, in one pass over the mapping (each value normalised once): the Loopline values
     of a new prospect ([R10]), the record hash (``engine.record_hash``) and the agreed baseline. Equal to
-    ``crm_to_loopline_values`` / ``record_hash`` / ``agreed_baseline(crm_side=True)``, only faster (initial import)."""
+    ``crm_to_loopline_values`` / ``record_hash`` / ``agreed_baseline(crm_side=True)``, only faster (initial import):
+    the mapping is planned once per mapping and object, and what a value yields is memoised per (kind, value)."""
+    import hashlib
+
+    loopline: dict[str, Any] = {}
+    canonical: list[tuple[str, str]] = []
+    baseline: dict[str, str] = {}
+    for name, cf, kind, to_loopline, first in _plan(mappings, object_type):
+        raw = values.get(cf)
+        facts = _value_facts(kind, raw)
+        baseline[name] = facts[2]
+        if facts[0] is None:  # blank
+            continue
+        if first:
+            canonical.append((cf, facts[1]))
+        if to_loopline:
+            loopline[name] = facts[3]
+    canonical.sort()
+    # Same text as json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False).
+    payload = "{" + ",".join(f"{_encode_str(k)}:{text}" for k, text in canonical) + "}"
+    return loopline, hashlib.sha256(payload.encode()).hexdigest(), baseline
+
+
+_plans: dict[tuple[int, str], tuple[Any, list[tuple[str, str, Any, bool, bool]]]] = {}
+
+
+def _plan(mappings: Iterable[FieldMapping], object_type: str) -> list[tuple[str, str, Any, bool, bool]]:
+    """(Loopline field, CRM field, kind, flows to Loopline, first use of the CRM field) per mapped field."""
+    key = (id(mappings), object_type)
+    cached = _plans.get(key)
+    if cached is not None and cached[0] is mappings:
+        return cached[1]
+    plan = []
+    seen: set[str] = set()
+    for m in mappings:
+        cf = m.crm_field(object_type)
+        if cf is None:
+            continue
+        plan.append((m.loopline_field, cf, m.kind, m.direction is not Direction.TO_CRM, cf not in seen))
+        seen.add(cf)
+    if len(_plans) > 64:
+        _plans.clear()
+    _plans[key] = (mappings, plan)  # the mapping object is kept, so its id cannot be reused while cached
+    return plan
+
+
+_facts: dict[tuple[Any, type, Any], tuple[Any, str, str, Any]] = {}
+_MEMO_TYPES = frozenset({str, int, bool, type(None)})
+
+
+def _value_facts(kind, raw: Any) -> tuple[Any, str, str, Any]:
+    """(normalised value or None when blank, its compact JSON for the record hash, its baseline digest, the value a
+    new prospect gets). Memoised: a page repeats owners, companies, countries and blanks."""
+    cls = raw.__class__
+    if cls not in _MEMO_TYPES:  # equal values with different texts (0.0 / -0.0, Decimal 1.0 / 1.00), unhashables
+        return _compute_facts(kind, raw)
+    key = (kind, cls, raw)  # the type is part of the key: 1 == True as dict keys
+    hit = _facts.get(key)
+    if hit is None:
+        hit = _compute_facts(kind, raw)
+        if len(_facts) >= 50_000:
+            _facts.clear()
+        _facts[key] = hit
+    return hit
+
+
+def _compute_facts(kind, raw: Any) -> tuple[Any, str, str, Any]:
     import hashlib
     import json
     from decimal import Decimal
@@ -139,38 +204,27 @@ def crm_side(values: Mapping[str, Any], mappings: Iterable[FieldMapping], object
     from ..engine.model import FieldKind
     from ..engine.values import _jsonable
 
-    loopline: dict[str, Any] = {}
-    canonical: dict[str, Any] = {}
-    seen: set[str] = set()
-    baseline: dict[str, str] = {}
-    for m in mappings:
-        cf = m.crm_field(object_type)
-        if cf is None:
-            continue
-        raw = values.get(cf)
-        norm = normalise(m.kind, raw)
-        jsonable = _jsonable(norm)
-        baseline[m.loopline_field] = _digest_json(json.dumps(jsonable, sort_keys=True, ensure_ascii=False))
-        if cf not in seen:
-            seen.add(cf)
-            if norm is not None:
-                canonical[cf] = jsonable
-        if norm is None or m.direction is Direction.TO_CRM:
-            continue
-        if m.kind in (FieldKind.TEXT, FieldKind.EMAIL):
-            loopline[m.loopline_field] = str(norm)
-        elif m.kind is FieldKind.ID:
-            loopline[m.loopline_field] = str(raw).strip()
-        elif m.kind is FieldKind.INTEGER and isinstance(norm, Decimal):
-            loopline[m.loopline_field] = int(norm)
-        else:
-            loopline[m.loopline_field] = norm
-    payload = json.dumps(dict(sorted(canonical.items())), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return loopline, hashlib.sha256(payload.encode()).hexdigest(), baseline
+    norm = normalise(kind, raw)
+    jsonable = _jsonable(norm)
+    if isinstance(jsonable, str):
+        compact = spaced = _encode_str(jsonable)
+    else:
+        compact = json.dumps(jsonable, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        spaced = json.dumps(jsonable, sort_keys=True, ensure_ascii=False)
+    digest_ = hashlib.sha256(spaced.encode()).hexdigest()[:20]  # == engine.values.field_digest(kind, raw)
+    value: Any = norm
+    if norm is not None:
+        if kind in (FieldKind.TEXT, FieldKind.EMAIL):
+            value = str(norm)
+        elif kind is FieldKind.ID:
+            value = str(raw).strip()
+        elif kind is FieldKind.INTEGER and isinstance(norm, Decimal):
+            value = int(norm)
+    return norm, compact, digest_, value
 
 
-@functools.lru_cache(maxsize=65536)
-def _digest_json(text: str) -> str:
-    import hashlib
+def _encode_str(text: str) -> str:
+    """``json.dumps(text, ensure_ascii=False)`` without the encoder set-up."""
+    from json.encoder import encode_basestring
 
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    return encode_basestring(text)

@@ -32,7 +32,7 @@ from ..models import Connector
 from ..models import Watermark as WatermarkRow
 from ..salesforce.auth import AuthError
 from ..salesforce.client import CrmApiError
-from . import budget, pull, push
+from . import budget, pull, push, related
 from .context import POLLED_OBJECTS
 
 logger = logging.getLogger("loopline.connector.worker")
@@ -123,6 +123,12 @@ class ConnectorWorker:
                 done["pushed"] += counters.created + counters.updated
                 if budget.blocked(connector):
                     break
+            # [R38] campaign members, [R39] email tasks — unless the CRM just failed (backing off) or the budget says no
+            if not budget.blocked(connector) and self.not_before.get(connector.pk, 0) <= time.monotonic():
+                try:
+                    done["pushed"] += sum(related.push(connector).values())
+                except (CrmApiError, AuthError) as exc:
+                    self.not_before[connector.pk] = time.monotonic() + handle_crm_failure(connector, exc, "push")
         return done
 
     def run(self) -> None:
@@ -166,4 +172,9 @@ def sync_tick() -> dict[str, int]:
             if counters.note == "the outbox is empty":
                 break
             totals["pushed"] += counters.created + counters.updated
+        if not budget.blocked(connector):  # [R38] campaign members, [R39] email tasks
+            try:
+                totals["pushed"] += sum(related.push(connector).values())
+            except (CrmApiError, AuthError) as exc:
+                handle_crm_failure(connector, exc, "push")
     return totals

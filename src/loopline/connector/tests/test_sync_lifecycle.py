@@ -166,7 +166,8 @@ def test_status_summary_and_the_command(connector, crm, bu, admin_user, unique):
     summary = status_summary(connector)
     assert summary["state"] == "active" and summary["version"] == 2
     assert summary["connector_user"] == crm.integration_username
-    assert set(summary["last_successful_poll"]) == {"Lead", "Contact"}
+    assert set(summary["last_successful_poll"]) == {"Lead", "Contact", "CampaignMember", "Opportunity",
+                                                    "OpportunityContactRole"}  # [R38], [R40] poll along
     assert summary["outbox"]["backlog"] == 0 and summary["api"]["calls_24h"] > 0
     assert summary["synced"]["last_hour"]["created"] >= 1
     assert summary["latency"]["loopline_to_crm"]["samples"] >= 1

@@ -174,3 +174,37 @@ def test_without_the_external_id_field_creates_are_plain_inserts(admin_access, c
     drain_all(connector)
     p.refresh_from_db()
     assert p.crm_lead_id and not crm.get("Lead", p.crm_lead_id).get("Loopline_Id__c")
+
+
+def test_link_writes_round_trip_awkward_values(db, bu, admin_access):  # [R24] the hashes and baselines stored
+    import datetime as dt
+
+    from loopline.connector import services
+    from loopline.connector.sync import fastwrite
+
+    connector = services.create_connector(admin_access)
+    a = prospects.create_prospect(bu, {"email": "a@fast.test"})
+    b = prospects.create_prospect(bu, {"email": "b@fast.test"})
+    when = dt.datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=dt.UTC)
+    awkward = {"title": 'He said "hi" \\ {x} é\n', "n": [1, None, True]}
+    rows = [{"connector_id": connector.pk, "prospect_id": a.pk, "crm_object": "Lead", "crm_id": "00Q000000000001AAA",
+             "last_read_hash": "h1", "last_crm_modstamp": when, "last_synced_at": None, "baseline": awkward},
+            {"connector_id": connector.pk, "prospect_id": b.pk, "crm_object": "Lead", "crm_id": "00Q000000000002AAA",
+             "last_read_hash": "h2", "last_crm_modstamp": None, "last_synced_at": None, "baseline": {}}]
+    assert fastwrite.insert(CrmLink, rows, ignore_conflicts=True) == 2
+    assert fastwrite.insert(CrmLink, rows[:1], ignore_conflicts=True) == 0  # (connector, crm id) is unique
+    first = CrmLink.objects.get(crm_id="00Q000000000001AAA")
+    assert (first.baseline, first.last_crm_modstamp, first.last_synced_at) == (awkward, when, None)
+    assert first.created_at is not None and first.last_written_hash == ""
+    # update: every row gives every field; the guard leaves rows of another connector alone
+    second = CrmLink.objects.get(crm_id="00Q000000000002AAA")
+    values = {first.pk: {"last_read_hash": "x1", "baseline": {"q": "'"}},
+              second.pk: {"last_read_hash": "x2", "baseline": {}}}
+    assert fastwrite.update(CrmLink, values, ["last_read_hash", "baseline"], where={"connector_id": -1}) == 0
+    assert fastwrite.update(CrmLink, values, ["last_read_hash", "baseline"],
+                            where={"connector_id": connector.pk}) == 2
+    first.refresh_from_db()
+    assert (first.last_read_hash, first.baseline, first.last_crm_modstamp) == ("x1", {"q": "'"}, when)
+    pks = fastwrite.select_pks(CrmLink, "connector_id = %b AND crm_id = ANY(%b)",
+                               [connector.pk, ["00Q000000000002AAA", "nope"]])
+    assert pks is None or pks == [second.pk]  # None: not PostgreSQL, callers use the ORM

@@ -160,9 +160,13 @@ class Command(BaseCommand):
         self.stdout.write("Resumed.")
 
     def import_(self, bu, opts):
-        from loopline.connector.sync import pull
+        from loopline.connector.initial_import import import_from_crm
+        from loopline.connector.sync.bulk import BulkDeferred
 
-        counters = pull.initial_import(self._connector(bu))
+        try:
+            counters = import_from_crm(self._connector(bu))  # REST or Bulk API 2.0 by the CRM's count
+        except BulkDeferred as exc:
+            raise CommandError(f"{exc.reason}; run the import again later: it resumes where it stopped") from exc
         self.stdout.write(counters.summary())
 
     def sync_prospect(self, bu, opts):
