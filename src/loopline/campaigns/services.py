@@ -130,7 +130,10 @@ def mark_lifecycle(bu, prospect_id: int, stage: str, at: dt.datetime | None = No
     return mark_lifecycle_many(bu, stage, {prospect_id: at or timezone.now()}) > 0
 
 
-def mark_lifecycle_many(bu, stage: str, when: Mapping[int, dt.datetime]) -> int:
+def mark_lifecycle_many(bu, stage: str, when: Mapping[int, dt.datetime], *,
+                        rows: Mapping[int, dict] | None = None) -> int:
+    """``rows``: the prospects' current stage dates (and ``created_at``) when the caller has just read them — saves a
+    query on the connector's bulk pull; the dates this call sets are written back into them."""
     from loopline.prospects.models import Prospect
 
     if stage not in STAGES:
@@ -142,10 +145,13 @@ def mark_lifecycle_many(bu, stage: str, when: Mapping[int, dt.datetime]) -> int:
     # Prospects needing the same dates share one UPDATE: a bulk pull or import marks thousands with the same "now".
     groups: dict[tuple, list[int]] = defaultdict(list)
     waited: dict[int, list[float]] = {}  # seconds each prospect spent in the previous stage, per new stage date
-    rows = Prospect.objects.filter(bu_id=bu_id, pk__in=list(when)).values("pk", "created_at", *fields)
-    for row in rows:
-        if row[fields[-1]] is not None:
-            continue  # already there: never moves
+    if rows is None or any(pk not in rows or any(f not in rows[pk] for f in fields) for pk in when):
+        rows = {r["pk"]: r for r in Prospect.objects.filter(bu_id=bu_id, pk__in=list(when)).values(
+            "pk", "created_at", *fields)}
+    for pk in when:
+        row = rows.get(pk)
+        if row is None or row[fields[-1]] is not None:
+            continue  # gone, or already there: never moves
         previous = row["created_at"]
         updates: list[tuple[str, dt.datetime]] = []
         seconds: list[float] = []
@@ -154,25 +160,23 @@ def mark_lifecycle_many(bu, stage: str, when: Mapping[int, dt.datetime]) -> int:
             if current is not None:
                 previous = current
                 continue
-            value = max(when[row["pk"]], previous)
+            value = max(when[pk], previous)
             updates.append((field, value))
             seconds.append((value - previous).total_seconds())
             previous = value
-        groups[tuple(updates)].append(row["pk"])
-        waited[row["pk"]] = seconds
+        groups[tuple(updates)].append(pk)
+        waited[pk] = seconds
     changed_ids: list[int] = []
     changed_fields: set[str] = set()
     stage_of = {v: k for k, v in metrics.STAGE_FIELDS.items()}
     for dates, ids in groups.items():
-        guard = {f"{f}__isnull": True for f, _ in dates}
         for start in range(0, len(ids), 2000):
-            chunk = ids[start:start + 2000]
-            # The guard keeps dates monotonic if another writer got there first; only what we set is counted.
-            won = list(Prospect.objects.filter(pk__in=chunk, **guard).values_list("pk", flat=True))
+            won = _set_stage_dates(ids[start:start + 2000], dates)
             if not won:
                 continue
-            Prospect.objects.filter(pk__in=won, **guard).update(**dict(dates))
             changed_ids.extend(won)
+            for pk in won:
+                rows[pk].update(dates)
             for i, (f, value) in enumerate(dates):
                 key = (stage_of[f], metrics.utc_day(value), 0)
                 deltas[key][0] += len(won)
@@ -186,6 +190,29 @@ def mark_lifecycle_many(bu, stage: str, when: Mapping[int, dt.datetime]) -> int:
         events.publish(events.ProspectsBulkChanged(bu_id=bu_id, prospect_ids=tuple(changed_ids),
                                                    source=LIFECYCLE_SOURCE))
     return len(changed_ids)
+
+
+def _set_stage_dates(ids: list[int], dates: tuple[tuple[str, dt.datetime], ...]) -> list[int]:
+    """Set ``dates`` on the prospects ``ids`` whose dates are all still empty; returns the ids it set. The guard keeps
+    dates monotonic if another writer got there first; one UPDATE … RETURNING (SQLite ≥ 3.35 and PostgreSQL)."""
+    from django.db import connection
+
+    from loopline.prospects.models import Prospect
+
+    opts = Prospect._meta
+    qn = connection.ops.quote_name
+    columns = [(opts.get_field(f), value) for f, value in dates]
+    assignments = ", ".join(f"{qn(field.column)} = %s" for field, _ in columns)
+    guard = " AND ".join(f"{qn(field.column)} IS NULL" for field, _ in columns)
+    params: list[Any] = [field.get_db_prep_save(value, connection) for field, value in columns]
+    if connection.vendor == "postgresql":
+        where, params = f"{qn(opts.pk.column)} = ANY(%s)", [*params, list(ids)]
+    else:
+        where, params = f"{qn(opts.pk.column)} IN ({', '.join(['%s'] * len(ids))})", [*params, *ids]
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {qn(opts.db_table)} SET {assignments} WHERE {where} AND {guard} "
+                       f"RETURNING {qn(opts.pk.column)}", params)
+        return [row[0] for row in cursor.fetchall()]
 
 
 # Stage dates are derived data: the CRM outbox, grading and this module's own handlers ignore changes from this source.
@@ -226,11 +253,13 @@ def _check_prospects(bu_id: int, ids: list[int], *, created: list[int], mql: boo
     mql_when: dict[int, dt.datetime] = {}
     sql_when: dict[int, dt.datetime] = {}
     created_set = set(created)
+    rows: dict[int, dict] = {}
     for start in range(0, len(ids), 2000):
         chunk = ids[start:start + 2000]
         for p in Prospect.objects.filter(bu_id=bu_id, pk__in=chunk).values(
                 "pk", "created_at", "source_campaign_id", "score", "grade", "mql_at", "sql_at", "assigned_user_id",
                 "assigned_at", "crm_lead_id", "crm_contact_id"):
+            rows[p["pk"]] = p
             if p["pk"] in created_set:
                 new_counts[("prospect", metrics.utc_day(p["created_at"]), p["source_campaign_id"] or 0)][0] += 1
             if mql and p["mql_at"] is None and is_marketing_qualified(settings_row, p["score"], p["grade"]):
@@ -239,9 +268,9 @@ def _check_prospects(bu_id: int, ids: list[int], *, created: list[int], mql: boo
                 sql_when[p["pk"]] = p["assigned_at"] or now
     metrics.bump(bu_id, {k: (n, s) for k, (n, s) in new_counts.items()})
     if mql_when:
-        mark_lifecycle_many(bu_id, "mql", mql_when)
+        mark_lifecycle_many(bu_id, "mql", mql_when, rows=rows)
     if sql_when:
-        mark_lifecycle_many(bu_id, "sql", sql_when)
+        mark_lifecycle_many(bu_id, "sql", sql_when, rows=rows)
 
 
 def sweep_lifecycle(bu_id: int, *, limit: int = 20000) -> dict[str, int]:

@@ -145,6 +145,28 @@ def test_mql_and_sql_detected_from_prospect_changes(bu, marketing_user, marketin
     assert services.sweep_lifecycle(bu.pk) == {"mql": 1, "sql": 1}
 
 
+def test_bulk_change_dates_mql_then_sql_for_the_same_prospects(bu, marketing_access):
+    # [M36] The connector's bulk pull: one event, prospects both over the MQL score and synced (SQL); the dates the
+    # MQL pass sets must be seen by the SQL pass that follows (it reuses the rows the check read).
+    from loopline.platform import events
+
+    services.save_report_settings(marketing_access, mql_score=50, mql_grade="", mql_rule="or", default_currency="")
+    ids = [prospect_services.create_prospect(bu, {"email": f"b{i}@x.test"}).pk for i in range(3)]
+    Prospect.objects.filter(pk__in=ids[:2]).update(score=80, crm_lead_id="00Q000000000009AAA")
+    Prospect.objects.filter(pk=ids[2]).update(crm_lead_id="00Q000000000010AAA")
+    events.publish(events.ProspectsBulkChanged(bu_id=bu.pk, prospect_ids=tuple(ids), source="crm"))
+    rows = {p.pk: p for p in Prospect.objects.filter(pk__in=ids)}
+    for pk in ids:
+        assert rows[pk].mql_at is not None and rows[pk].sql_at is not None
+        assert rows[pk].sql_at >= rows[pk].mql_at
+    counted = {m.metric: m.count for m in DailyMetric.objects.filter(bu=bu) if m.metric in ("mql", "sql")}
+    assert counted == {"mql": 3, "sql": 3}  # the third skipped MQL: reaching SQL dates it too
+    # A second event changes nothing: dates never move.
+    before = {pk: (rows[pk].mql_at, rows[pk].sql_at) for pk in ids}
+    events.publish(events.ProspectsBulkChanged(bu_id=bu.pk, prospect_ids=tuple(ids), source="crm"))
+    assert {p.pk: (p.mql_at, p.sql_at) for p in Prospect.objects.filter(pk__in=ids)} == before
+
+
 def test_lifecycle_report_rates_and_times(bu, marketing_access):
     base = timezone.now() - dt.timedelta(days=10)
     people = [prospect_services.create_prospect(bu, {"email": f"l{i}@x.test"}) for i in range(4)]
