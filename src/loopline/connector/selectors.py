@@ -84,7 +84,7 @@ def status_summary(connector: Connector) -> dict[str, Any]:
         retrying=Count("id", filter=Q(status=SyncError.Status.RETRYING)))
     last_runs = {
         kind: {"at": _iso(r.finished_at or r.started_at), "note": r.note, "api_calls": r.api_calls}
-        for kind in ("pull", "push", "manual", "initial_import", "related", "members", "tasks")
+        for kind in ("pull", "push", "manual", "initial_import", "related", "members", "tasks", "reconcile")
         for r in [SyncRun.objects.filter(connector=connector, kind=kind).order_by("-started_at", "-id").first()]
         if r is not None
     }

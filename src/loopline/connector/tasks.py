@@ -37,6 +37,14 @@ def drain_outbox(connector_id: int) -> dict:
     return push.drain(connector).as_dict()
 
 
+@loopline_task(retries=0)
+def reconcile_connectors() -> dict[str, str]:
+    """Compare both sides and repair what polling missed (issue #5; ``sync.reconcile``)."""
+    from .sync import reconcile
+
+    return reconcile.reconcile_due_connectors()
+
+
 @loopline_task(retries=1, backoff=60)
 def send_error_digests() -> dict[str, int]:
     from .sync import errors
@@ -52,6 +60,9 @@ def register_schedules() -> None:
     from .sync import errors
 
     register_schedule("connector.error_digest", every=dt.timedelta(minutes=10), task=send_error_digests)
+    hours = float(getattr(settings, "CONNECTOR_RECONCILE_HOURS", 24) or 0)
+    if hours > 0:  # 0 turns the scheduled reconciliation off
+        register_schedule("connector.reconcile", every=dt.timedelta(hours=hours), task=reconcile_connectors)
     # The embedded supervisor runs ``loopline connector worker`` (lower latency); scale mode ticks through Celery.
     if getattr(settings, "LOOPLINE_CONNECTOR_TICK", getattr(settings, "TASK_BACKEND", "") == "celery"):
         register_schedule("connector.sync_tick", every=dt.timedelta(seconds=2), task=sync_tick)

@@ -56,6 +56,8 @@ class Command(BaseCommand):
         with_bu("resume", "Resume automatic sync ([R4])")
         with_bu("verify", "Mint a token and call the API once")
         with_bu("import", "Run the explicit initial import of every Lead and Contact ([R10])")
+        p = with_bu("reconcile", "Compare both sides now and repair the drift polling missed")
+        p.add_argument("--limit", type=int, default=2000, help="Repair at most this many records (the rest next run)")
         p = with_bu("sync-prospect", "Sync one prospect both ways now, even while paused ([R3])")
         p.add_argument("prospect", help="Prospect id or email")
         p = with_bu("send-to-loopline", "Fetch a lead/contact by id and apply it ([R3])")
@@ -168,6 +170,14 @@ class Command(BaseCommand):
         except BulkDeferred as exc:
             raise CommandError(f"{exc.reason}; run the import again later: it resumes where it stopped") from exc
         self.stdout.write(counters.summary())
+
+    def reconcile(self, bu, opts):
+        from loopline.connector.sync import reconcile
+
+        report = reconcile.reconcile(self._connector(bu), limit=opts["limit"])
+        for line in report.objects:
+            self.stdout.write(line.line())
+        self.stdout.write("In sync." if report.in_sync else "Drift repaired (see the lines above).")
 
     def sync_prospect(self, bu, opts):
         from loopline.connector.sync import manual
