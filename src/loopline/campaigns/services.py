@@ -199,19 +199,18 @@ def _set_stage_dates(ids: list[int], dates: tuple[tuple[str, dt.datetime], ...])
 
     from loopline.prospects.models import Prospect
 
-    opts = Prospect._meta
     qn = connection.ops.quote_name
-    columns = [(opts.get_field(f), value) for f, value in dates]
+    columns: list[tuple[Any, dt.datetime]] = [(Prospect._meta.get_field(f), value) for f, value in dates]
     assignments = ", ".join(f"{qn(field.column)} = %s" for field, _ in columns)
     guard = " AND ".join(f"{qn(field.column)} IS NULL" for field, _ in columns)
     params: list[Any] = [field.get_db_prep_save(value, connection) for field, value in columns]
     if connection.vendor == "postgresql":
-        where, params = f"{qn(opts.pk.column)} = ANY(%s)", [*params, list(ids)]
+        where, params = "id = ANY(%s)", [*params, list(ids)]
     else:
-        where, params = f"{qn(opts.pk.column)} IN ({', '.join(['%s'] * len(ids))})", [*params, *ids]
+        where, params = f"id IN ({', '.join(['%s'] * len(ids))})", [*params, *ids]
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {qn(opts.db_table)} SET {assignments} WHERE {where} AND {guard} "
-                       f"RETURNING {qn(opts.pk.column)}", params)
+        cursor.execute(f"UPDATE {qn(Prospect._meta.db_table)} SET {assignments} WHERE {where} AND {guard} "
+                       "RETURNING id", params)
         return [row[0] for row in cursor.fetchall()]
 
 
@@ -253,7 +252,7 @@ def _check_prospects(bu_id: int, ids: list[int], *, created: list[int], mql: boo
     mql_when: dict[int, dt.datetime] = {}
     sql_when: dict[int, dt.datetime] = {}
     created_set = set(created)
-    rows: dict[int, dict] = {}
+    rows: dict[int, Any] = {}
     for start in range(0, len(ids), 2000):
         chunk = ids[start:start + 2000]
         for p in Prospect.objects.filter(bu_id=bu_id, pk__in=chunk).values(
