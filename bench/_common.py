@@ -20,6 +20,25 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def print_figures(result: dict, keys) -> None:
+    """The one JSON line: details first, then the issue's keys in its order (closing the line)."""
+    import json
+
+    ordered = {k: v for k, v in result.items() if k not in keys}
+    ordered.update({k: result.get(k) for k in keys})
+    print(json.dumps(ordered), flush=True)
+
+
+def start_crm_sandbox(*, leads: int, contacts: int = 0):
+    """A crmsandbox subprocess seeded with leads/contacts, the external-id field creates upsert on ([R25]) and a
+    daily API limit no benchmark reaches."""
+    from loopline.connector.tests.sandbox import SandboxProcess
+
+    loopline_id = {"name": "Loopline_Id__c", "type": "string", "length": 64, "external_id": True, "unique": True}
+    return SandboxProcess.start(leads=leads, contacts=contacts, config={
+        "daily_api_limit": 5_000_000, "custom_fields": {"Lead": [loopline_id], "Contact": [loopline_id]}})
+
+
 @contextlib.contextmanager
 def bench_environment(database_url: str | None, *, prefix: str):
     """Yield ``vendor`` ("sqlite" | "postgresql") with Django set up on a fresh, migrated database; clean up after."""

@@ -17,7 +17,6 @@ The last line on stdout is one JSON object; its closing keys: ``records, rounds,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import uuid
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from _common import bench_environment, log
+from _common import bench_environment, log, print_figures, start_crm_sandbox
 
 FAULTS = {"UNABLE_TO_LOCK_ROW": 0.05, "SERVER_UNAVAILABLE": 0.05, "DROP": 0.02, "LOST_RESPONSE": 0.03}
 
@@ -39,11 +38,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
 
-    from loopline.connector.tests.sandbox import SandboxProcess
-
-    loopline_id = {"name": "Loopline_Id__c", "type": "string", "length": 64, "external_id": True, "unique": True}
-    crm = SandboxProcess.start(leads=args.records, config={
-        "daily_api_limit": 5_000_000, "custom_fields": {"Lead": [loopline_id], "Contact": [loopline_id]}})
+    crm = start_crm_sandbox(leads=args.records)
     result: dict = {}
     try:
         with bench_environment(args.database_url, prefix="bench-chaos") as vendor:
@@ -52,9 +47,7 @@ def main() -> None:
     finally:
         crm.stop()
     closing = ("records", "rounds", "converged", "duplicates", "lost")
-    ordered = {k: v for k, v in result.items() if k not in closing}
-    ordered.update({k: result.get(k) for k in closing})
-    print(json.dumps(ordered), flush=True)
+    print_figures(result, closing)
 
 
 def run(crm, args) -> dict:

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from _common import bench_environment, log
+from _common import bench_environment, log, print_figures, start_crm_sandbox
 
 KEYS = ("records", "pull_records_per_s", "pull_api_calls", "push_records_per_s", "push_api_calls",
         "crm_to_loopline_p50_s", "crm_to_loopline_p99_s", "loopline_to_crm_p50_s", "loopline_to_crm_p99_s",
@@ -69,14 +69,10 @@ def main() -> None:
     if args.idle_seconds < 60:
         parser.error("--idle-seconds must be at least 60 (an idle poll comes every ~10 s)")
 
-    from loopline.connector.tests.sandbox import SandboxProcess
-
     n = args.records
     log(f"starting crmsandbox seeded with {n} leads")
     t = time.perf_counter()
-    loopline_id = {"name": "Loopline_Id__c", "type": "string", "length": 64, "external_id": True, "unique": True}
-    crm = SandboxProcess.start(leads=n, config={"daily_api_limit": 5_000_000,
-                                                "custom_fields": {"Lead": [loopline_id], "Contact": [loopline_id]}})
+    crm = start_crm_sandbox(leads=n)
     log(f"sandbox ready in {time.perf_counter() - t:.1f}s")
     result: dict = {"records": n}
     try:
@@ -85,10 +81,7 @@ def main() -> None:
             result.update(run(crm, args, n))
     finally:
         crm.stop()
-    # The keys, in its order, close the line; details come first.
-    ordered = {k: v for k, v in result.items() if k not in KEYS}
-    ordered.update({k: result.get(k) for k in KEYS})
-    print(json.dumps(ordered), flush=True)
+    print_figures(result, KEYS)
 
 
 def run(crm, args, n: int) -> dict:

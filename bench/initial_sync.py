@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _common import bench_environment, log  # noqa: E402
+from _common import bench_environment, log, print_figures, start_crm_sandbox  # noqa: E402
 
 KEYS = ("records", "seconds", "records_per_s", "api_calls", "bulk_jobs", "duplicates")
 
@@ -64,28 +64,12 @@ def main() -> None:
         worker(args)
         return
 
-    from loopline.connector.tests.sandbox import SandboxProcess
-
     n = args.records
     contacts = int(n * args.contacts_share)
     leads = n - contacts
     log(f"starting crmsandbox seeded with {leads} leads and {contacts} contacts")
     t = time.perf_counter()
-    loopline_id = {
-        "name": "Loopline_Id__c",
-        "type": "string",
-        "length": 64,
-        "external_id": True,
-        "unique": True,
-    }
-    crm = SandboxProcess.start(
-        leads=leads,
-        contacts=contacts,
-        config={
-            "daily_api_limit": 5_000_000,
-            "custom_fields": {"Lead": [loopline_id], "Contact": [loopline_id]},
-        },
-    )
+    crm = start_crm_sandbox(leads=leads, contacts=contacts)
     log(f"sandbox ready in {time.perf_counter() - t:.1f}s")
     result: dict = {"records": n}
     try:
@@ -94,9 +78,7 @@ def main() -> None:
             result.update(run(crm, args, n))
     finally:
         crm.stop()
-    ordered = {k: v for k, v in result.items() if k not in KEYS}
-    ordered.update({k: result.get(k) for k in KEYS})
-    print(json.dumps(ordered), flush=True)
+    print_figures(result, KEYS)
 
 
 def worker(args) -> None:
