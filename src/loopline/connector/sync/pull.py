@@ -517,16 +517,20 @@ def initial_import(connector: Connector, job=None, *, client=None, objects: Sequ
     ctx = SyncContext.load(connector, client)
     with runs.sync_run(connector, "initial_import", client=ctx.client) as run:
         counters = run.counters
+        # A job started by import_from_crm already holds the total of every object; otherwise it grows per object.
+        preset_total, planned = bool(getattr(job, "total", 0)), 0
         for object_type in objects:
             row, wm = load_watermark(connector, object_type)
             soql = build_soql(object_type, select_fields(object_type, ctx.mappings), None)
             first_page = ctx.client.restful("query", params={"q": soql},
                                             headers={"Sforce-Query-Options": "batchSize=2000"})
-            if job is not None:
-                platform_tasks.advance(job, 0, total=int(first_page.get("totalSize") or 0))
+            planned += int(first_page.get("totalSize") or 0)
+            if job is not None and not preset_total:
+                platform_tasks.advance(job, 0, total=planned)
             for parsed in _pages(ctx, first_page, object_type, precompute=True):
                 # Apply without the overlap filter: the import is explicit and idempotent by matching.
                 before = counters.created + counters.updated + counters.unchanged + counters.skipped_total
+                failed_before = counters.failed
                 with transaction.atomic():
                     counters.fetched += len(parsed)
                     apply_records(ctx, [r for r in parsed if not r.is_deleted], counters, explicit=True)
@@ -538,7 +542,7 @@ def initial_import(connector: Connector, job=None, *, client=None, objects: Sequ
                 ctx.forget_precomputed(parsed)
                 if job is not None:
                     done = counters.created + counters.updated + counters.unchanged + counters.skipped_total
-                    platform_tasks.advance(job, done - before, failed=0)
+                    platform_tasks.advance(job, done - before, failed=counters.failed - failed_before)
     if tuple(objects) == POLLED_OBJECTS:  # then the existing contact roles, deals and campaign members ([R38], [R40])
         related.initial_import(connector, client=ctx.client)
     return counters

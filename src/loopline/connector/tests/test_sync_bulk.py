@@ -108,6 +108,17 @@ def test_below_the_threshold_the_rest_loop_imports(admin_access, seeded_crm, see
     counters = initial_import.import_from_crm(connector, job)
     assert not BulkImportCheckpoint.objects.filter(connector=connector).exists()
     assert counters.created == crm_total(seeded_crm) - 1
+    # The progress view: the total covers leads and contacts, and the import ends at it (never past it).
+    job.refresh_from_db()
+    assert job.total == crm_total(seeded_crm) and (job.done, job.failed) == (job.total - 1, 1)  # the bad email
+
+
+def test_rest_import_without_a_preset_total_grows_it_per_object(admin_access, seeded_crm, seeded_app, bu):
+    connector = make_connector(admin_access, seeded_crm, seeded_app, resume=False)
+    job = create_job(bu, initial_import.JOB_KIND)
+    pull.initial_import(connector, job)
+    job.refresh_from_db()
+    assert job.total == crm_total(seeded_crm) and job.done + job.failed == job.total
 
 
 class Crash(Exception):
