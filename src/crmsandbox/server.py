@@ -41,7 +41,7 @@ from crmsandbox.describe import DescribeCache
 from crmsandbox.errors import ApiError, RecordError, RecordErrors
 from crmsandbox.faults import FaultConfigError, Faults
 from crmsandbox.http import Request, Response, error_response, parse_json
-from crmsandbox.store import Principal, Store
+from crmsandbox.store import AUTO_ASSIGN, Principal, Store
 
 log = logging.getLogger("crmsandbox")
 
@@ -287,6 +287,8 @@ class SandboxServer:
             if cm:
                 client = cm.group(1)
         ctx = api.Ctx(self.store, principal, client, version, self)
+        # Salesforce's REST API runs the active assignment rules unless the request says Sforce-Auto-Assign: FALSE.
+        auto_assign = AUTO_ASSIGN.set(req.headers.get("sforce-auto-assign", "true").strip().lower() != "false")
         try:
             resp = self.router.dispatch(ctx, req)
         except ApiError as e:
@@ -299,6 +301,8 @@ class SandboxServer:
                                    "errorCode": "UNABLE_TO_LOCK_ROW"}])
         except (RecordErrors, RecordError) as e:
             resp = api.record_errors_response(e, ctx)
+        finally:
+            AUTO_ASSIGN.reset(auto_assign)
         resp.headers["Sforce-Limit-Info"] = f"api-usage={used}/{limit}"
         return resp
 
@@ -466,6 +470,14 @@ class SandboxServer:
                     raise ApiError(400, "INVALID_API_INPUT", str(e)) from None
             self.set_faults(new)
             return Response(200, new.to_dict())
+        if name == "assignment-rules":
+            # The org's active assignment rules: {"Lead": "<user or queue id>"}; POST replaces them ({} = none).
+            if req.method == "POST":
+                body = req.json() if req.body.strip() else {}
+                if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+                    raise ApiError(400, "INVALID_API_INPUT", "expected {\"<object>\": \"<owner id>\"}")
+                store.assignment_rules = {str(k): v for k, v in body.items() if v}
+            return Response(200, dict(store.assignment_rules))
         if req.method == "GET" and name == "changes":
             q = req.query
             try:

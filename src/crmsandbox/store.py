@@ -34,6 +34,7 @@ last write (not in describe).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import itertools
@@ -96,6 +97,11 @@ class _Cursor:
     exhausted: bool = False
 
 
+#: Whether the current API request lets the active assignment rules run (the ``Sforce-Auto-Assign`` header; REST
+#: applies them unless the header says FALSE). Set per request by the server; sandbox actions leave it off.
+AUTO_ASSIGN: contextvars.ContextVar[bool] = contextvars.ContextVar("crmsandbox_auto_assign", default=False)
+
+
 class Store:
     """One org's records. Not thread-safe: use it from one thread (the server's event loop)."""
 
@@ -127,6 +133,8 @@ class Store:
         self._usage_dirty = False
         self._usage_flushed = 0.0
         self.daily_api_limit_override: int | None = None
+        # Active assignment rules: object name -> the owner (user or queue id) a new record is assigned to.
+        self.assignment_rules: dict[str, str] = dict(self.config.get("assignment_rules") or {})
         self._create_schema()
         self._init_counters()
         self._load_usage()
@@ -681,6 +689,9 @@ class Store:
                 rec["SystemModstamp"] = self._stamp
             if o.has_owner and not rec.get("OwnerId"):
                 rec["OwnerId"] = uid
+            rule_owner = self.assignment_rules.get(o.name) if AUTO_ASSIGN.get() else None
+            if o.has_owner and rule_owner:
+                rec["OwnerId"] = rule_owner  # the active assignment rule wins over any owner sent
             rec["_Client"] = client
             if o.name == "Account" and ("LastName" in changes or "FirstName" in changes) \
                     and not changes.get("Name"):

@@ -287,3 +287,29 @@ def test_other_objects(sf):
     org = sf.query("SELECT Id, Name FROM Organization")["records"][0]
     assert org["Id"] == sf.query("SELECT Id FROM Organization")["records"][0]["Id"]
     assert org["Id"].startswith("00D")
+
+
+def test_active_assignment_rule_follows_the_sforce_auto_assign_header(sandbox, admin_http):
+    # Salesforce REST runs the active assignment rules unless a request says Sforce-Auto-Assign: FALSE.
+    me = admin_http.get(f"{V}/query", params={"q": "SELECT Id FROM User WHERE IsActive = true LIMIT 2"}).json()
+    owner, other = [r["Id"] for r in me["records"]]
+    assert admin_http.post("/_sandbox/assignment-rules", json={"Lead": owner}).json() == {"Lead": owner}
+    try:
+        def create(headers, **values):
+            r = admin_http.post(f"{V}/sobjects/Lead/", json={"LastName": unique("A"), "Company": "B", **values},
+                                headers=headers)
+            assert r.status_code == 201, r.text
+            return admin_http.get(f"{V}/sobjects/Lead/{r.json()['id']}").json()["OwnerId"]
+
+        assert create({}, OwnerId=other) == owner  # no header: the rule wins
+        assert create({"Sforce-Auto-Assign": "TRUE"}) == owner
+        assert create({"Sforce-Auto-Assign": "false"}, OwnerId=other) == other  # the owner sent stays
+        # Collections (what the connector writes through) honour the header of the whole request.
+        r = admin_http.post(f"{V}/composite/sobjects", headers={"Sforce-Auto-Assign": "TRUE"}, json={
+            "allOrNone": False, "records": [{"attributes": {"type": "Lead"}, "LastName": unique("C"), "Company": "D",
+                                             "OwnerId": other}]})
+        new_id = r.json()[0]["id"]
+        assert admin_http.get(f"{V}/sobjects/Lead/{new_id}").json()["OwnerId"] == owner
+    finally:
+        assert admin_http.post("/_sandbox/assignment-rules", json={}).json() == {}
+    assert create({}, OwnerId=other) == other  # no active rule: nothing reassigns

@@ -17,7 +17,9 @@ from loopline.platform import events
 from .models import Connector, FieldMapping, OutboxEntry
 
 # Fields whose change can create or update the CRM record besides the mapped ones ([R11], [R18]).
-ALWAYS_RELEVANT = frozenset({"assigned_user", "score", "grade", "source_campaign", "email", "is_deleted"})
+# crm_owner_id: a CRM queue assignment ([M22]) must reach the CRM even though the owner is not a mapped field.
+ALWAYS_RELEVANT = frozenset({"assigned_user", "score", "grade", "source_campaign", "email", "is_deleted",
+                             "crm_owner_id"})
 IGNORED_SOURCES = frozenset({"crm", "lifecycle"})  # lifecycle: stage dates set by reporting, never mapped
 
 

@@ -11,9 +11,15 @@ from django.shortcuts import get_object_or_404
 from loopline.platform import actions
 
 from . import graph
-from .models import AssignmentGroup, Program, ProgramMember, ProgramStep, ProgramStepLog
+from .models import AssignmentGroup, CrmAssignmentRequest, Program, ProgramMember, ProgramStep, ProgramStepLog
 
 UNIT_LABELS = {"minutes": ("minute", "minutes"), "hours": ("hour", "hours"), "days": ("day", "days")}
+
+
+def pending_crm_assignments(bu_id: int, prospect_ids) -> set[int]:
+    """Prospects handed to the CRM's assignment rule whose CRM record is not created yet ([M22]; the connector)."""
+    return set(CrmAssignmentRequest.objects.filter(bu_id=bu_id, prospect_id__in=list(prospect_ids), pending=True)
+               .values_list("prospect_id", flat=True))
 
 
 def programs(bu) -> QuerySet[Program]:

@@ -704,8 +704,8 @@ def assign_crm_queue(bu: BusinessUnit, queue_id: str, prospect: Prospect, *, act
 
 @transaction.atomic
 def assign_crm_rule(bu: BusinessUnit, prospect: Prospect, *, source: str = "") -> bool:
-    """Hand the prospect to the CRM's active assignment rule. Recorded here; the connector must honour it (see
-    docs/programs.md: it needs to create the record with the auto-assign header)."""
+    """Hand the prospect to the CRM's active assignment rule. Recorded here; the connector creates the CRM record with
+    the rule on (``Sforce-Auto-Assign: TRUE``, no owner), reads back the owner it picked and clears ``pending``."""
     fresh = Prospect.objects.select_for_update().filter(pk=prospect.pk, bu_id=bu.pk).first()
     if fresh is None or fresh.assigned_user_id or fresh.crm_owner_id:
         return False
@@ -714,6 +714,12 @@ def assign_crm_rule(bu: BusinessUnit, prospect: Prospect, *, source: str = "") -
     if created:
         events.publish(events.ProspectsBulkChanged(bu_id=bu.pk, prospect_ids=(fresh.pk,), source="assignment"))
     return created
+
+
+def crm_assignments_done(bu_id: int, prospect_ids) -> int:
+    """The connector created these prospects' CRM records with the assignment rule on: nothing is pending any more."""
+    return CrmAssignmentRequest.objects.filter(bu_id=bu_id, prospect_id__in=list(prospect_ids), pending=True
+                                               ).update(pending=False)
 
 
 # Action types (registered in AppConfig.ready()) ------------------------------------------------------------------
@@ -759,7 +765,7 @@ def register_actions() -> None:
                                         _run_round_robin))
     actions.register(actions.ActionType("assign_crm_queue", "Assign to CRM queue", _validate_queue, _run_queue))
     actions.register(actions.ActionType("assign_crm_rule", "Assign with the CRM's assignment rule",
-                                        lambda bu, params: {}, _run_crm_rule, available=False))
+                                        lambda bu, params: {}, _run_crm_rule))
     # The completion-action row editor maps its "argument" column to these keys.
     actions.ROW_ARGS.setdefault("assign_round_robin", ("group_id", None))
     actions.ROW_ARGS.setdefault("assign_crm_queue", ("queue_id", None))

@@ -36,6 +36,8 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from loopline.automation.programs.selectors import pending_crm_assignments
+from loopline.automation.programs.services import crm_assignments_done
 from loopline.platform.queues import backoff_delay, claim_due
 from loopline.prospects import services as prospect_services
 from loopline.prospects.models import Prospect
@@ -327,7 +329,9 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
     missing = [pid for pid in claimed if pid not in prospects]
     _done([e for pid in missing for e in claimed[pid]])
     owners = owner_ids(connector.pk, prospects.values())
-    snaps = {pid: snapshot(p, ctx.mappings, owners.get(p.assigned_user_id) if p.assigned_user_id is not None else None)
+    by_rule = pending_crm_assignments(connector.bu_id, [pid for pid, p in prospects.items() if not p.crm_id])
+    snaps = {pid: snapshot(p, ctx.mappings, owners.get(p.assigned_user_id) if p.assigned_user_id is not None else None,
+                           use_assignment_rule=pid in by_rule)
              for pid, p in prospects.items()}
     gated = [s for s in snaps.values() if not (s.do_not_sync or s.crm_deleted or s.is_deleted)]
     candidates = fetch_candidates(ctx, gated) if gated else {}
@@ -396,23 +400,42 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
                 upsert_field = upsert_fields[object_type] = external_id_field(ctx, object_type)
             if upsert_field:
                 payload[upsert_field] = external_id_value(connector, pid)
-            pending[pid] = {"record": None, "object_type": object_type, "payload": payload, "snap": snap}
+            pending[pid] = {"record": None, "object_type": object_type, "payload": payload, "snap": snap,
+                            "assignment_rule": creation.use_assignment_rule}
             items.append(OutboxItem(str(pid), 0, WriteOp.CREATE, object_type, payload,
                                     min(e.created_at for e in entries), entry_id=pid))
     if not items:
         return
+    by_rule_keys = {str(pid) for pid, p in pending.items() if p.get("assignment_rule")}
+    batch = OutcomeBatch(ctx, now)
+    # Only creates handed to the CRM's assignment rule let it run; every other write says FALSE, because the REST
+    # API runs the active rules by default and they would replace the owner Loopline chose ([M22], [R11]).
+    _send(ctx, [i for i in items if i.key not in by_rule_keys], upsert_fields, prospects, claimed, pending, counters,
+          batch, {"Sforce-Auto-Assign": "FALSE"})
+    created = _send(ctx, [i for i in items if i.key in by_rule_keys], upsert_fields, prospects, claimed, pending,
+                    counters, batch, {"Sforce-Auto-Assign": "TRUE"})
+    if created:
+        _owners_chosen_by_rule(ctx, created, pending)
+
+
+def _send(ctx: SyncContext, items: list[OutboxItem], upsert_fields: dict[str, str | None],
+          prospects: dict[int, Prospect], claimed: dict[int, list[OutboxEntry]], pending: dict[int, dict[str, Any]],
+          counters: RunCounters, batch: OutcomeBatch, headers: dict[str, str]) -> dict[int, str]:
+    """Write ``items`` as planned batches; returns prospect id → CRM id of the records created."""
+    if not items:
+        return {}
     limits = BatchLimits(api_version=ctx.api_version, bulk_threshold=10**12,
                          upsert_fields={k: v for k, v in upsert_fields.items() if v})
     plan = plan_push(items, limits)
     failed_keys: set[str] = set()
-    batch = OutcomeBatch(ctx, now)
+    created: dict[int, str] = {}
     steps = list(plan.steps)
     index = 0
     while index < len(steps):
         for request in steps[index].requests:
             try:
                 response = ctx.client.restful(request.path(), method=request.method(),
-                                              json=request.body(ctx.api_version))
+                                              json=request.body(ctx.api_version), headers=headers)
                 outcomes = composite_outcomes(request, response)
             except CrmApiError as exc:
                 info = classify(exc.code, exc.status, exc.message)
@@ -425,11 +448,36 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
                     pid = int(outcome.write.key)
                     if not outcome.success:
                         failed_keys.add(outcome.write.key)
+                    elif pending[pid]["record"] is None and outcome.crm_id:
+                        created[pid] = str(outcome.crm_id)
                     _outcome(ctx, prospects[pid], claimed[pid], pending[pid], outcome, counters, batch)
                 batch.flush()
         if failed_keys:  # a failed record's later writes wait in the outbox (order per record is kept)
             steps = steps[:index + 1] + list(plan.without_keys(failed_keys, from_step=index + 1).steps)
         index += 1
+    return created
+
+
+def _owners_chosen_by_rule(ctx: SyncContext, created: dict[int, str], pending: dict[int, dict[str, Any]]) -> None:
+    """Read back the owners the CRM's assignment rule picked (one query per object), then close the requests."""
+    by_type: dict[str, dict[str, int]] = {}
+    for pid, crm_id in created.items():
+        by_type.setdefault(pending[pid]["object_type"], {})[id18(crm_id).lower()] = pid
+    owners: dict[int, dict[str, Any]] = {}
+    for object_type, ids in by_type.items():
+        quoted = ", ".join(f"'{i}'" for i in created.values() if id18(i).lower() in ids)
+        try:
+            rows = ctx.client.query(f"SELECT Id, OwnerId FROM {object_type} WHERE Id IN ({quoted})")
+        except CrmApiError:  # the next poll brings the owner; the request is done either way
+            logger.warning("reading owners chosen by the assignment rule failed", exc_info=True)
+            continue
+        for row in rows:
+            owner_of = ids.get(id18(str(row.get("Id"))).lower())
+            if owner_of is not None and row.get("OwnerId"):
+                owners[owner_of] = {"crm_owner_id": str(row["OwnerId"])}
+    if owners:
+        prospect_services.set_crm_fields(ctx.connector.bu_id, owners)
+    crm_assignments_done(ctx.connector.bu_id, list(created))
 
 
 def external_id_field(ctx: SyncContext, object_type: str) -> str | None:

@@ -43,7 +43,15 @@ def _times(raw: Mapping[str, str] | None) -> dict[str, dt.datetime]:
     return out
 
 
-def snapshot(p: Prospect, mappings: Iterable[FieldMapping], owner_crm_id: str | None = None) -> ProspectSnapshot:
+QUEUE_PREFIX = "00g"  # CRM queues are Group records (ids 00G…): an owner Loopline may assign to without a user
+
+
+def snapshot(p: Prospect, mappings: Iterable[FieldMapping], owner_crm_id: str | None = None, *,
+             use_assignment_rule: bool = False) -> ProspectSnapshot:
+    """``owner_crm_id``: the CRM user the assigned user maps to. A prospect assigned to a CRM queue ([M22]) counts as
+    assigned and its record is created owned by the queue; ``use_assignment_rule``: handed to the CRM's assignment
+    rule ([M22]), so its record is created with the rule on and no owner."""
+    queue = p.crm_owner_id if p.crm_owner_id.lower().startswith(QUEUE_PREFIX) else ""
     return ProspectSnapshot(
         id=p.pk,
         values=prospect_values(p, mappings),
@@ -52,12 +60,13 @@ def snapshot(p: Prospect, mappings: Iterable[FieldMapping], owner_crm_id: str | 
         crm_lead_id=p.crm_lead_id,
         crm_contact_id=p.crm_contact_id,
         crm_account_id=p.crm_account_id,
-        assigned=p.assigned_user_id is not None,
+        assigned=p.assigned_user_id is not None or bool(queue) or use_assignment_rule,
         do_not_sync=p.do_not_sync,
         crm_deleted=p.crm_deleted,
         is_deleted=p.is_deleted,
         email=p.email,
-        assigned_crm_owner_id=owner_crm_id,
+        assigned_crm_owner_id=owner_crm_id or (queue if p.assigned_user_id is None else None) or None,
+        use_assignment_rule=use_assignment_rule,
     )
 
 
