@@ -267,7 +267,8 @@ def move_to_recycle_bin(prospect: Prospect, *, actor=None, reason: str = "") -> 
 
 
 @transaction.atomic
-def undelete(prospect: Prospect, *, actor=None) -> None:
+def undelete(prospect: Prospect, *, actor=None, source: str = "user") -> None:
+    """``source="crm"``: the CRM record came back ([R31]); the connector must not write the restore back to it."""
     if not prospect.is_deleted:
         return
     prospect.is_deleted = False
@@ -275,7 +276,7 @@ def undelete(prospect: Prospect, *, actor=None) -> None:
     prospect.save(update_fields=["is_deleted", "deleted_at", "updated_at"])
     events.publish(events.ProspectChanged(
         bu_id=prospect.bu_id, prospect_id=prospect.pk, changed_fields=frozenset({"is_deleted"}),
-        actor_id=getattr(actor, "pk", None),
+        actor_id=getattr(actor, "pk", None), source=source,
     ))
     if actor is not None:
         audit.record("prospect.undelete", actor=actor, bu=prospect.bu, obj=prospect, summary=str(prospect))

@@ -105,7 +105,7 @@ def recycle_crm_deleted(prospect: Prospect, record: CrmRecord, reason: str = "")
 
 def restore_undeleted(prospect: Prospect, record: CrmRecord) -> None:
     """[R31]: the CRM record is back (undeleted from the CRM's recycle bin): so is the prospect."""
-    prospect_services.undelete(prospect)
+    prospect_services.undelete(prospect, source="crm")  # no echo: the CRM is where the restore came from
     prospect_services.update_prospect(prospect, {}, source="crm", extra={"crm_deleted": False})
     _timeline(
         prospect,
@@ -142,7 +142,7 @@ def merge_into(survivor: Prospect, loser: Prospect) -> Prospect:
     revive = survivor.is_deleted and not loser.is_deleted and not survivor.crm_deleted
     merged = prospect_services.merge_prospects(survivor, loser)
     if revive:
-        prospect_services.undelete(merged)
+        prospect_services.undelete(merged, source="crm")
     return merged
 
 

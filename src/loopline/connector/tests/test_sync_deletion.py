@@ -10,8 +10,8 @@ from loopline.automation.models import ListMembership, ProspectList
 from loopline.campaigns import services as campaign_services
 from loopline.campaigns.models import Campaign, CampaignMember
 from loopline.conftest import PASSWORD
-from loopline.connector.models import CrmLink
-from loopline.connector.sync import deletions, manual
+from loopline.connector.models import CrmLink, OutboxEntry
+from loopline.connector.sync import deletions, manual, pull
 from loopline.connector.sync.context import shared_client
 from loopline.platform import actions
 from loopline.prospects import services as prospects
@@ -73,6 +73,10 @@ def test_crm_undelete_restores_the_prospect(connector, crm, bu, unique):  # [R31
     sync(connector)
     crm.request("POST", "/_sandbox/undelete", json={"ids": [lead_id]})
     crm.update("Lead", lead_id, Title="Back again")
+    queued = OutboxEntry.objects.filter(connector=connector, prospect=p).count()
+    pull.poll(connector)
+    # [R24] the restore came from the CRM: nothing is queued to write it back.
+    assert OutboxEntry.objects.filter(connector=connector, prospect=p).count() == queued
     sync(connector)
     p.refresh_from_db()
     assert not p.is_deleted and not p.crm_deleted

@@ -190,7 +190,11 @@ def test_scale_mode_tick_polls_once_per_interval_and_drains(connector, crm, bu, 
     p = prospects.create_prospect(bu, {"email": f"tock.{unique}@example.test", "last_name": "Tock"})
     prospects.assign_prospect(p, admin_user)
     totals = sync_tick()
-    assert totals["polled"] == 1 and totals["pushed"] == 1
+    # The shared sandbox holds other tests' recent records too: their pulls may legitimately queue pushes (a merge's
+    # survivor, say), so count this test's own create rather than every push.
+    assert totals["polled"] == 1 and totals["pushed"] >= 1
     assert Prospect.objects.filter(bu=bu, email=email).exists()
+    p.refresh_from_db()
+    assert p.crm_lead_id and crm.get("Lead", p.crm_lead_id)["LastName"] == "Tock"
     assert not claim_poll(connector, 5.0)  # polled just now: a second worker does not poll again
     assert sync_tick()["polled"] == 0

@@ -130,6 +130,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _login_page_status(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=30) as response:
+            return response.status
+    except OSError:
+        return None
+
+
 def test_loopline_run_serves_and_stops_its_children(embedded_data_dir):
     port = free_port()
     env = embedded_env(embedded_data_dir)
@@ -143,8 +151,8 @@ def test_loopline_run_serves_and_stops_its_children(embedded_data_dir):
             interval=0.2,
             message="the banner",
         )
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=10) as response:
-            assert response.status == 200
+        # The first request warms each web worker up (imports, templates): on a loaded machine it can take long.
+        wait_for(lambda: _login_page_status(port) == 200, timeout=90, interval=1, message="the login page")
         children = subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
         ).stdout.split()
