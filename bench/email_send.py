@@ -320,6 +320,9 @@ def main() -> None:
             )
             duplicates = sum(c - 1 for c in received.values() if c > 1)
             missing = len(expected - set(received))
+            # Rows left "committed" (no 250 reply recorded) are in doubt: the kill hit between the commit point and
+            # the final "." or before the "sent" update. A missing message must be one of them, never a silent drop.
+            in_doubt = set(Delivery.objects.filter(send_id=send.pk, status="committed").values_list("address", flat=True))
             failed = Delivery.objects.filter(send_id=send.pk, status="failed").count()
             figures = {
                 "recipients": n,
@@ -331,6 +334,8 @@ def main() -> None:
                 "missing": missing + failed,
                 "failed": failed,
                 "unexpected": len(set(received) - expected),
+                "in_doubt": len(in_doubt),
+                "missing_not_in_doubt": len(expected - set(received) - in_doubt),
                 "connections": args.connections,
                 "database": vendor,
                 "send_status": EmailSend.objects.get(pk=send.pk).status,

@@ -34,8 +34,11 @@ def test_sigkill_mid_send_then_restart_gives_no_duplicates_and_no_missing(tmp_pa
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert "SIGKILLed the worker" in done.stderr  # the kill really happened mid-send
     assert figures["recipients"] == 400
-    assert figures["sent"] == 400
-    assert figures["duplicates"] == 0
-    assert figures["missing"] == 0
+    assert figures["duplicates"] == 0  # [M30] never a duplicate
+    # Never a silent drop: a message is missing only if the kill hit the microseconds between its ledger commit and
+    # its final "." (docs/email.md) — and then its row stays "committed", in doubt and visible, not "sent".
+    assert figures["missing_not_in_doubt"] == 0
+    assert figures["missing"] <= figures["in_doubt"]
+    assert figures["sent"] + figures["missing"] == 400
     assert figures["unexpected"] == 0
     assert figures["send_status"] == "sent"
