@@ -51,6 +51,14 @@ def _reset_faults(request):
         crm.faults(reset=True, reset_usage=True)
 
 
+def register_app(crm, name: str) -> CrmApp:
+    """A JWT connected app (fresh key pair) registered in ``crm`` — for modules that start a sandbox of their own."""
+    from loopline.connector import keys
+
+    private_pem, cert_pem = keys.generate_key_pair(name)
+    return CrmApp(crm.add_app(name.lower().replace(" ", "-"), cert_pem), private_pem, cert_pem)
+
+
 def make_connector(access, crm, crm_app, *, resume: bool = True, **settings):
     from loopline.connector import services
     from loopline.platform import crypto

@@ -15,7 +15,7 @@ from loopline.connector.sync import bulk, pull
 from loopline.platform.tasks import create_job
 from loopline.prospects.models import Prospect
 
-from .conftest import LOOPLINE_ID, CrmApp, make_connector
+from .conftest import LOOPLINE_ID, CrmApp, make_connector, register_app
 from .sandbox import SandboxProcess
 
 LEADS, CONTACTS = 2400, 300
@@ -36,10 +36,7 @@ def seeded_crm():
 
 @pytest.fixture(scope="module")
 def seeded_app(seeded_crm) -> CrmApp:
-    from loopline.connector import keys
-
-    private_pem, cert_pem = keys.generate_key_pair("Loopline bulk tests")
-    return CrmApp(seeded_crm.add_app("loopline-bulk-tests", cert_pem), private_pem, cert_pem)
+    return register_app(seeded_crm, "Loopline bulk tests")
 
 
 @pytest.fixture

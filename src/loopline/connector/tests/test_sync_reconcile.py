@@ -13,7 +13,7 @@ from loopline.connector.models import Connector, CrmLink, SyncRun, Watermark
 from loopline.connector.sync import pull, reconcile
 from loopline.prospects.models import Prospect
 
-from .conftest import LOOPLINE_ID, CrmApp, make_connector
+from .conftest import LOOPLINE_ID, CrmApp, make_connector, register_app
 from .helpers import sync
 from .sandbox import SandboxProcess
 
@@ -30,10 +30,7 @@ def small_crm():
 
 @pytest.fixture(scope="module")
 def small_app(small_crm) -> CrmApp:
-    from loopline.connector import keys
-
-    private_pem, cert_pem = keys.generate_key_pair("Loopline reconcile tests")
-    return CrmApp(small_crm.add_app("loopline-reconcile-tests", cert_pem), private_pem, cert_pem)
+    return register_app(small_crm, "Loopline reconcile tests")
 
 
 @pytest.fixture
