@@ -537,6 +537,20 @@ class _RenderThread(threading.Thread):
         self.join(timeout=10)
 
 
+def _relax_commit_durability() -> bool:
+    """On PostgreSQL, this worker's commits stop waiting for the WAL flush (``synchronous_commit = off``), as SQLite
+    commits already do here (``synchronous=NORMAL``). A killed worker loses nothing by it — the database server
+    completes what it received — but the commit point's wait shrinks from a disk flush to a round trip, and with it
+    the window in which a crash leaves a committed message without its final dot. Only a crash of the database server
+    itself can lose the last few hundred milliseconds of ledger marks: those messages are then sent again (at least
+    once), never dropped. See docs/decisions/0004-email-commit-point-durability.md."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit TO off")
+    return True
+
+
 def _run_smtp(
     send_id: int,
     render_batch: RenderBatch,
@@ -551,6 +565,7 @@ def _run_smtp(
     threads talk SMTP. A connection waiting for its final dot is idle, so this thread mostly sleeps on the event
     queue and answers each commit point as soon as it is asked."""
     progress = Progress()
+    relaxed = _relax_commit_durability()
     # The connection threads wake on every SMTP reply; with the default 5 ms GIL switch interval they would queue
     # behind the rendering thread for milliseconds per reply.
     switch_interval = sys.getswitchinterval()
@@ -655,6 +670,9 @@ def _run_smtp(
         clean = True
     finally:
         sys.setswitchinterval(switch_interval)
+        if relaxed:
+            with contextlib.suppress(Exception), connection.cursor() as cursor:  # a broken connection resets anyway
+                cursor.execute("RESET synchronous_commit")
         renderer.stop()
         if not clean:
             # Messages not yet on the wire stay queued for the next worker; connections waiting for the commit
