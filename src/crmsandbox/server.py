@@ -525,8 +525,18 @@ class SandboxServer:
                 create_opportunity=bool(body.get("createOpportunity", False)),
                 opportunity_name=body.get("opportunityName"),
                 converted_status=body.get("convertedStatus") or "Closed - Converted",
-                owner_id=body.get("ownerId"), client=client)
+                owner_id=body.get("ownerId"), client=client, person_account=bool(body.get("personAccount", False)))
             return Response(200, {**res, "success": True, "errors": []})
+        if name == "late-commit":
+            # Fault injection: a record whose transaction "committed late" — its SystemModstamp moves back by
+            # ``seconds`` (a stamp a poll that already ran past it could not have seen).
+            rid = str(body.get("id") or "")
+            try:
+                seconds = float(body.get("seconds", 10))
+            except (TypeError, ValueError):
+                raise ApiError(400, "INVALID_API_INPUT", "seconds must be a number") from None
+            stamp = store.backdate(rid, seconds)
+            return Response(200, {"id": rid, "SystemModstamp": stamp})
         if name == "expire-tokens":
             uid = store.user_by_username(body["username"]) if body.get("username") else None
             n = store.expire_tokens(uid)

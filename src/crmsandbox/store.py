@@ -870,6 +870,21 @@ class Store:
         self.db.execute(f'UPDATE "{o.table}" SET {", ".join(sets)} WHERE "Id"=?', [*params, record_id])
         self._log(o, record_id, "DELETE", principal, client)
 
+    def backdate(self, record_id: str, seconds: float) -> str:
+        """Move a record's SystemModstamp ``seconds`` back (fault injection: a late-committing transaction)."""
+        o = self.object_for_id(record_id)
+        if o is None or "SystemModstamp" not in o.fields:
+            raise RecordError("NOT_FOUND", NOT_FOUND_MSG, status=404)
+        with self.transaction():
+            row = self.db.execute(f'SELECT "SystemModstamp" FROM "{o.table}" WHERE "Id"=?', (record_id,)).fetchone()
+            if row is None:
+                raise RecordError("NOT_FOUND", NOT_FOUND_MSG, status=404)
+            stamp = parse_dt(row[0])
+            assert stamp is not None
+            new = format_dt(stamp - timedelta(seconds=seconds))
+            self.db.execute(f'UPDATE "{o.table}" SET "SystemModstamp"=? WHERE "Id"=?', (new, record_id))
+        return new
+
     def undelete(self, record_id: str, principal: Principal | None, client: str | None = None) -> str:
         """Restore a soft-deleted record (and the children deleted with it). Returns the object name."""
         norm = idlib.normalize(record_id) if isinstance(record_id, str) else None
@@ -944,9 +959,11 @@ class Store:
     def convert_lead(self, lead_id: str, principal: Principal | None, *, account_id: str | None = None,
                      contact_id: str | None = None, create_opportunity: bool = False,
                      opportunity_name: str | None = None, converted_status: str = "Closed - Converted",
-                     owner_id: str | None = None, client: str | None = None) -> dict[str, Any]:
+                     owner_id: str | None = None, client: str | None = None,
+                     person_account: bool = False) -> dict[str, Any]:
         """Convert a lead: create (or use the given) account and contact, optionally an opportunity, mark the
-        lead converted (read-only afterwards) and move its campaign memberships to the contact."""
+        lead converted (read-only afterwards) and move its campaign memberships to the contact. Into a person
+        account (``person_account``, or ``account_id`` naming one): the contact is the account's person contact."""
         lead_o = self.registry.objects["Lead"]
         with self.transaction():
             lead = self._visible_row(lead_o, lead_id, principal)
@@ -958,6 +975,21 @@ class Store:
             if account_id:
                 acc = self._visible_row(self.registry.objects["Account"], account_id, principal)
                 account_id = acc["Id"]
+                if acc.get("IsPersonAccount") and not contact_id:
+                    contact_id = acc["PersonContactId"]
+            elif person_account:
+                a = self.registry.objects["Account"]
+                vals = {k: lead.get(k) for k in ("FirstName", "LastName", "Salutation", "Phone", "Website",
+                                                 "Industry")}
+                vals.update({"PersonEmail": lead.get("Email"), "PersonTitle": lead.get("Title"),
+                             "PersonMobilePhone": lead.get("MobilePhone"), "OwnerId": owner,
+                             "PersonHasOptedOutOfEmail": bool(lead.get("HasOptedOutOfEmail")),
+                             "PersonDoNotCall": bool(lead.get("DoNotCall")),
+                             "BillingStreet": lead.get("Street"), "BillingCity": lead.get("City"),
+                             "BillingState": lead.get("State"), "BillingPostalCode": lead.get("PostalCode"),
+                             "BillingCountry": lead.get("Country")})
+                account_id = self.create(a, _db_to_json(a, vals), principal, client, system=True)
+                contact_id = self._visible_row(a, account_id, principal)["PersonContactId"]
             else:
                 account_id = self.create("Account", {"Name": lead.get("Company") or lead.get("LastName"),
                                                      "Industry": lead.get("Industry"), "OwnerId": owner,

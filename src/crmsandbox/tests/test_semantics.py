@@ -102,6 +102,23 @@ def test_lead_conversion(sandbox, sf):
     assert r2["contactId"] == res["contactId"] and r2["opportunityId"] is None
 
 
+def test_lead_conversion_into_a_person_account(sandbox, sf):
+    email = unique("convpa") + "@example.com"
+    lid = sf.Lead.create({"FirstName": "Per", "LastName": "Son", "Company": "Self", "Email": email,
+                          "Title": "Vet", "HasOptedOutOfEmail": True})["id"]
+    res = sandbox.admin_post("convert-lead", {"leadId": lid, "personAccount": True}).json()
+    acc = sf.Account.get(res["accountId"])
+    assert acc["IsPersonAccount"] is True and acc["PersonContactId"] == res["contactId"]
+    assert (acc["PersonEmail"], acc["PersonTitle"], acc["LastName"]) == (email, "Vet", "Son")
+    assert acc["PersonHasOptedOutOfEmail"] is True
+    lead = sf.Lead.get(lid)
+    assert lead["ConvertedAccountId"] == res["accountId"] and lead["ConvertedContactId"] == res["contactId"]
+    # into an existing person account: the contact is its person contact
+    l2 = sf.Lead.create({"LastName": "Two", "Company": "X"})["id"]
+    r2 = sandbox.admin_post("convert-lead", {"leadId": l2, "accountId": res["accountId"]}).json()
+    assert r2["contactId"] == res["contactId"]
+
+
 def test_merge(sandbox, sf):
     a = sf.Contact.create({"LastName": "Winner", "Email": unique("m") + "@x.io"})["id"]
     b = sf.Contact.create({"LastName": "Loser"})["id"]

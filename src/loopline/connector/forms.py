@@ -63,6 +63,11 @@ SETTING_HELP: dict[str, tuple[str, str]] = {
     "new_record_object": (
         "What a new prospect creates in the CRM",
         "Assigned prospects with no matching CRM record create this kind of record."),
+    "sync_person_accounts": (
+        "Sync person accounts",
+        "For CRMs with person accounts: a person account syncs with one prospect (its email, owner and person "
+        "contact). Costs one more query per check for changes. Always on when new prospects create person "
+        "accounts."),
     "poll_interval_seconds": (
         "Check the CRM for changes every (seconds)",
         "The starting interval. Loopline checks more often when busy and slows down when nothing changes."),
@@ -184,3 +189,34 @@ class ProfileRoleForm(forms.Form):
 
     def mapping(self) -> dict[str, str]:
         return {profile: self.cleaned_data.get(f"profile_{i}") or "" for i, profile in enumerate(self.profiles)}
+
+
+class SharingRulesForm(forms.Form):
+    """Marketing data sharing rules ([R35]): per object one unmapped CRM field that must equal a value."""
+
+    OBJECTS = (("Lead", "Leads"), ("Contact", "Contacts"), ("Opportunity", "Opportunities"))
+
+    def __init__(self, *args, rules: dict[str, dict[str, str]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        for object_type, plural in self.OBJECTS:
+            rule = (rules or {}).get(object_type) or {}
+            key = object_type.lower()
+            self.fields[f"{key}_field"] = forms.RegexField(
+                regex=_FIELD_NAME, required=False, max_length=80, initial=rule.get("field", ""),
+                label=f"{plural}: CRM field",
+                error_messages={"invalid": "Enter a CRM field API name such as BU__c"},
+                help_text="API name of a field not mapped to a prospect field (e.g. <code>Business_Unit__c</code>).")
+            self.fields[f"{key}_value"] = forms.CharField(
+                required=False, max_length=255, strip=False, initial=rule.get("value", ""),
+                label=f"{plural}: must equal",
+                help_text="The exact value (upper and lower case count). Records created by the connector user "
+                          "always match.")
+
+    def rules(self) -> dict[str, dict[str, str]]:
+        out = {}
+        for object_type, _ in self.OBJECTS:
+            key = object_type.lower()
+            field, value = self.cleaned_data.get(f"{key}_field") or "", self.cleaned_data.get(f"{key}_value") or ""
+            if field or value:
+                out[object_type] = {"field": field.strip(), "value": value}
+        return out

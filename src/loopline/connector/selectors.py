@@ -11,8 +11,10 @@ from django.utils import timezone
 
 from .engine import RunCounters
 from .models import Connector, CrmLink, OutboxEntry, SyncError, SyncRun, Watermark
+from .sharing import NOT_SHARED_REASON
 from .sync import budget
 
+__all__ = ["NOT_SHARED_REASON", "not_shared_prospect_ids", "status_summary"]
 LIVE_ERRORS = (SyncError.Status.OPEN, SyncError.Status.RETRYING)
 
 
@@ -161,3 +163,14 @@ def fields_mapped_to_crm(bu_id: int) -> set[str]:
     from .models import FieldMapping
 
     return set(FieldMapping.objects.filter(connector__bu_id=bu_id).values_list("loopline_field", flat=True))
+
+
+def not_shared_prospect_ids(bu_id: int, prospect_ids) -> set[int]:
+    """Prospects of ``bu_id`` whose CRM record, as last pulled, does not match the BU's marketing data sharing rule:
+    emails to them do not go out ([R36]). Empty (one small query) when the BU has no sharing rules."""
+    from . import sharing
+
+    connector = Connector.objects.filter(bu_id=bu_id).only("settings").first()
+    if connector is None or not sharing.rules_of(connector):
+        return set()
+    return sharing.hidden_prospect_ids(bu_id, prospect_ids)

@@ -22,6 +22,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "blank_crm_values_overwrite": False,  # [R17]
     "match_by_email_when_no_crm_id": True,  # [R9], CRM-id mode only
     "new_record_object": "Lead",  # [R11]
+    "sync_person_accounts": False,  # [R14] polls person accounts too (one more query per poll); on when creating them
     "poll_interval_seconds": 5,  # [R22] starting interval; adapts between min and max
     "max_poll_interval_seconds": 10,  # idle polling: ≤ 360 calls/hour, CRM → Loopline p50 ≈ 5 s
     "api_share_percent": 20,  # [R27]
@@ -169,10 +170,16 @@ def verify_connection(access: Access, connector: Connector) -> tuple[bool, str]:
     except crypto.DecryptionError as exc:
         ok, message = False, str(exc)
     else:
-        ok, message = True, f"Connected to org {token.org_id} as {connector.username}"
+        from . import sharing
+
         connector.instance_url, connector.org_id, connector.connector_user_id = (
             token.instance_url, token.org_id, token.user_id)
-        connector.last_verified_at = timezone.now()
+        # [R34] a second BU on the org: refused until every BU on it has sharing rules (the org is still learnt,
+        # so the rules can be defined for this connector).
+        problem = sharing.second_bu_problem(connector)
+        ok, message = (False, problem) if problem else (True, f"Connected to org {token.org_id} as {connector.username}")
+        if ok:
+            connector.last_verified_at = timezone.now()
     connector.last_error = "" if ok else message
     # Only what verification learnt: a sync running meanwhile owns api_usage, status and paused_until.
     connector.save(update_fields=["instance_url", "org_id", "connector_user_id", "last_verified_at", "last_error",
@@ -200,6 +207,11 @@ def resume(access: Access, connector: Connector) -> None:  # [R4]
         raise ValidationError("Verify the connection before resuming the connector")
     if connector.status == Connector.Status.ACTIVE:
         return
+    from . import sharing
+
+    problem = sharing.second_bu_problem(connector)  # [R34]
+    if problem:
+        raise ValidationError(problem)
     connector.status = Connector.Status.ACTIVE
     connector.save(update_fields=["status", "updated_at"])
     audit.record("connector.resume", actor=access.user, bu=access.bu, obj=connector, before={"status": "paused"},

@@ -14,6 +14,7 @@ urlpatterns = [
     path("pause/", views.pause, name="pause"),
     path("resume/", views.resume, name="resume"),
     path("settings/", views.settings_page, name="settings"),
+    path("settings/sharing/", views.sharing_rules, name="sharing_rules"),
     path("mapping/", views.mapping, name="mapping"),
     path("mapping/add/", views.mapping_add, name="mapping_add"),
     path("mapping/<int:mapping_id>/behaviour/", views.mapping_behaviour, name="mapping_behaviour"),

@@ -22,8 +22,15 @@ from loopline.accounts.decorators import member_required
 from loopline.platform.models import Job
 from loopline.prospects.models import CustomField
 
-from . import initial_import, keys, mapping_admin, metadata, services
-from .forms import BehaviourForm, ConnectionForm, CustomMappingForm, ProfileRoleForm, SettingsForm
+from . import initial_import, keys, mapping_admin, metadata, services, sharing
+from .forms import (
+    BehaviourForm,
+    ConnectionForm,
+    CustomMappingForm,
+    ProfileRoleForm,
+    SettingsForm,
+    SharingRulesForm,
+)
 from .models import Connector, CrmDescribe, CrmUser, FieldMapping, SyncError, SyncRun
 from .salesforce.auth import AuthError
 from .salesforce.client import CrmApiError
@@ -226,10 +233,15 @@ def settings_page(request):
         else:
             messages.success(request, "Settings saved." if changes else "Nothing changed.")
             return redirect("connector:settings")
+    return _settings_response(request, connector, form, None, 400 if request.method == "POST" else 200)
+
+
+def _settings_response(request, connector: Connector, form: SettingsForm, sharing_form: SharingRulesForm | None,
+                       status: int):
     groups = [
         ("Creating and matching records", ["auto_create_prospects", "update_email_from_crm",
                                            "match_by_email_when_no_crm_id", "new_record_object",
-                                           "external_id_field"]),
+                                           "sync_person_accounts", "external_id_field"]),
         ("Field values", ["blank_crm_values_overwrite"]),
         ("Fixed fields sent to the CRM", ["score_field", "grade_field", "campaign_field"]),
         ("Activity", ["log_email_tasks"]),
@@ -240,11 +252,33 @@ def settings_page(request):
     extra = [k for k in form.fields if k not in listed]
     if extra:
         groups.append(("Other", extra))
+    stored = (connector.settings or {}).get(sharing.SETTINGS_KEY) or {}
     return _render(request, "connector/settings.html", {
         "connector": connector, "form": form,
         "groups": [(title, [form[k] for k in keys_ if k in form.fields]) for title, keys_ in groups],
         "bu": request.access.bu,
-    }, status=400 if request.method == "POST" else 200)
+        # [R34]-[R37] marketing data sharing: editable only while paused
+        "sharing_form": sharing_form or SharingRulesForm(rules=stored),
+        "sharing_locked": connector.is_active,
+        "sharing_others": sharing.org_connectors(connector),
+    }, status=status)
+
+
+@require_POST
+@member_required(ADMIN)
+def sharing_rules(request):
+    connector = _require_connector(request)
+    form = SharingRulesForm(request.POST)
+    if form.is_valid():
+        try:
+            sharing.set_sharing_rules(connector, form.rules(), request.access)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, "Marketing data sharing rules saved.")
+            return redirect(reverse("connector:settings") + "#sharing")
+    settings_form = SettingsForm(initial=services.settings_of(connector))
+    return _settings_response(request, connector, settings_form, form, 400)
 
 
 # --- Field mapping ------------------------------------------------------------------------------------------------

@@ -163,6 +163,8 @@ def _mailability(row: Mapping[str, Any], kind: str) -> str:
 def _queue(send: EmailSend, prospect_ids: Iterable[int]) -> int:
     """Insert ledger rows for these prospects (once per (send, prospect), de-duplicated by address); returns the
     number newly queued. Unmailable recipients get a SKIPPED row with the reason."""
+    from loopline.connector import selectors as connector_selectors  # [R36]
+
     queued = 0
     ids = list(dict.fromkeys(int(i) for i in prospect_ids))
     seen_addresses = set(Delivery.objects.filter(send=send).exclude(status=Delivery.Status.SKIPPED)
@@ -174,12 +176,13 @@ def _queue(send: EmailSend, prospect_ids: Iterable[int]) -> int:
             "id", "email", "opted_out", "do_not_email", "email_undeliverable", "is_deleted")}
         new = []
         now = timezone.now()
+        not_shared = connector_selectors.not_shared_prospect_ids(send.bu_id, chunk)
         for pid in chunk:
             if pid in existing or pid not in rows:
                 continue
             row = rows[pid]
             address = (row["email"] or "").strip().lower()
-            reason = _mailability(row, send.kind)
+            reason = connector_selectors.NOT_SHARED_REASON if pid in not_shared else _mailability(row, send.kind)
             if not reason and address in seen_addresses:
                 reason = "duplicate address"
             if not reason:

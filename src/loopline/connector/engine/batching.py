@@ -11,8 +11,9 @@
 3. **Requests**: inside a step, writes are grouped by (object, operation) into sObject Collections of ≤200 records,
    packed ≤5 per composite call (one API call, [R27]) — or one collection per call when composite is off.
 4. **Bulk**: when the backlog exceeds ``bulk_threshold`` (default 2,000) the plan's updates become Bulk API 2.0
-   ingest jobs instead (CSV built here). Creates always go through collections: their per-record results come back
-   in request order, so a create is never applied twice or lost ([R25]); Bulk 2.0 results carry no such order.
+   ingest jobs instead (CSV built here). Bulk 2.0 results carry no request order, so a create goes into a job only as
+   an upsert on the external-id field (a retried job finds the record instead of creating it again, [R25]); creates
+   without such a field, or handed to the CRM's assignment rule, stay on collections (sync/bulk.py decides).
 
 Results map back per record (:func:`collection_outcomes`, :func:`composite_outcomes`, :func:`bulk_outcomes`): one
 bad record never blocks the others. If a write fails, drop the key's later steps with :meth:`PushPlan.without_keys`

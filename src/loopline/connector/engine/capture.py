@@ -97,6 +97,9 @@ class Watermark:
     recent_keys: frozenset[Key] = field(default_factory=frozenset)
     #: Every record changed before this has been read by a completed poll (:meth:`settle`).
     settled: datetime | None = None
+    #: The keys (a subset of ``recent_keys``) read as last modified by the connector user — our own writes' echoes
+    #: and other business units' writes through the same integration user (:class:`OverlapCount`).
+    own: frozenset[Key] = field(default_factory=frozenset)
 
     def since(self, overlap: timedelta = DEFAULT_OVERLAP) -> datetime | None:
         """Lower bound of the next poll window (``None`` = from the beginning: use the initial import instead)."""
@@ -118,7 +121,7 @@ class Watermark:
         floor = self.since(overlap)
         floor = settled if floor is None else max(floor, settled)
         keys = frozenset(k for k in self.recent_keys if datetime.fromisoformat(k[1]) >= floor)
-        return Watermark(self.object_type, self.modstamp, keys, settled)
+        return Watermark(self.object_type, self.modstamp, keys, settled, self.own & keys)
 
     def filter_new(self, records: Iterable[CrmRecord]) -> tuple[list[CrmRecord], int]:
         """Records not seen yet (by ``(Id, SystemModstamp)``, also de-duplicated within the batch), and how many were
@@ -141,8 +144,10 @@ class Watermark:
         *,
         pending: Iterable[CrmRecord | tuple[str, datetime]] = (),
         overlap: timedelta = DEFAULT_OVERLAP,
+        own_user: str = "",
     ) -> Watermark:
-        """The watermark after ``processed`` records were applied. It moves to the latest processed modstamp but never
+        """The watermark after ``processed`` records were applied (``own_user``: the connector user's id, to tell
+        its writes apart). It moves to the latest processed modstamp but never
         past the earliest ``pending`` one (fetched, not yet applied), and never backwards. Keys older than the
         overlap window are dropped (they cannot come back in a later poll)."""
         items = [_pair(p) for p in processed]
@@ -153,17 +158,24 @@ class Watermark:
         current = as_utc(self.modstamp) if self.modstamp is not None else None
         new = current if candidate is None or (current is not None and candidate < current) else candidate
         keys = set(self.recent_keys) | {record_key(i, m) for i, m in items}
+        own = set(self.own)
+        if own_user:
+            mine = id18(own_user).lower()
+            for p in processed:
+                if isinstance(p, CrmRecord) and p.last_modified_by_id and id18(p.last_modified_by_id).lower() == mine:
+                    own.add(record_key(p.id, p.system_modstamp))
         if new is not None:
             cutoff = new - overlap
             if self.settled is not None:
                 cutoff = max(cutoff, self.settled)
             keys = {k for k in keys if datetime.fromisoformat(k[1]) >= cutoff}
-        return Watermark(self.object_type, new, frozenset(keys), self.settled)
+        kept = frozenset(keys)
+        return Watermark(self.object_type, new, kept, self.settled, frozenset(own) & kept)
 
     def to_json(self) -> dict[str, Any]:
         """``recent_keys`` carries ``settled`` as one extra ``["*settled", ISO]`` pair (no id looks like that), so the
         ``Watermark`` row's two columns hold the whole position."""
-        keys = sorted([list(k) for k in self.recent_keys])
+        keys: list[list[Any]] = sorted([list(k) + ([1] if k in self.own else []) for k in self.recent_keys])
         if self.settled is not None:
             keys.append([SETTLED_KEY, self.settled.isoformat()])
         return {
@@ -176,17 +188,21 @@ class Watermark:
     def from_json(cls, data: dict[str, Any]) -> Watermark:
         stamp = data.get("modstamp")
         keys: set[Key] = set()
+        own: set[Key] = set()
         settled = None
-        for a, b in data.get("recent_keys") or ():
+        for a, b, *flag in data.get("recent_keys") or ():
             if a == SETTLED_KEY:
                 settled = as_utc(datetime.fromisoformat(str(b)))
             else:
                 keys.add((str(a), str(b)))
+                if flag:
+                    own.add((str(a), str(b)))
         return cls(
             str(data["object_type"]),
             as_utc(datetime.fromisoformat(stamp)) if stamp else None,
             frozenset(keys),
             settled,
+            frozenset(own),
         )
 
 
@@ -236,10 +252,11 @@ def build_soql(
     *,
     until: datetime | None = None,
     limit: int | None = None,
+    conditions: Sequence[str] = (),
 ) -> str:
     """``SELECT … FROM <object> WHERE SystemModstamp >= <since> ORDER BY SystemModstamp, Id``; person accounts are
-    ``Account`` rows with ``IsPersonAccount = true``."""
-    where: list[str] = []
+    ``Account`` rows with ``IsPersonAccount = true``. ``conditions``: more SOQL conditions (ANDed)."""
+    where: list[str] = list(conditions)
     if object_type == CrmObject.PERSON_ACCOUNT:
         where.append("IsPersonAccount = true")
     if since is not None:
@@ -262,12 +279,96 @@ def poll_query(
     overlap: timedelta = DEFAULT_OVERLAP,
     extra_fields: Iterable[str] = (),
     limit: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    conditions: Sequence[str] = (),
+    recount: OverlapCount | None = None,
 ) -> PollQuery:
-    since = watermark.since(overlap)
+    """The poll of one object from ``since`` (default: the watermark less the overlap) up to ``until`` (excluded).
+    With ``recount`` the connector user's records in the overlap window are left out (they are counted instead)."""
+    since = watermark.since(overlap) if since is None else since
     fields = select_fields(watermark.object_type, mappings, extra_fields)
-    return PollQuery(
-        watermark.object_type, build_soql(watermark.object_type, fields, since, limit=limit), since
-    )
+    if recount is not None:
+        since = recount.since
+        conditions = [*conditions, f"(SystemModstamp >= {format_datetime(recount.until)} OR "
+                                   f"LastModifiedById != {_soql_id(recount.own_user)})"]
+    soql = build_soql(watermark.object_type, fields, since, until=until, limit=limit, conditions=conditions)
+    return PollQuery(watermark.object_type, soql, since)
+
+
+#: Above this many of the connector user's records inside the overlap window, a poll stops reading them again: it reads
+#: the window's other records and everything from the watermark on, and asks the CRM, in the same composite call, how
+#: many of the connector user's records the window holds (``SELECT COUNT()``). After a burst of our own writes (a bulk
+#: push's echoes) a poll stays at one call instead of one page call per 2,000 records for as long as the burst stays
+#: in the window.
+RECOUNT_ABOVE = 500
+
+
+def _to_ms(value: datetime) -> datetime:
+    """The instant a SOQL literal of ``value`` names (:func:`format_datetime` keeps milliseconds)."""
+    value = as_utc(value)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _soql_id(value: str) -> str:
+    return "'" + "".join(c for c in value if c.isalnum()) + "'"
+
+
+@dataclass(frozen=True)
+class OverlapCount:
+    """The connector user's records in the overlap window ``[since, until)``, checked by a count ([R22]).
+
+    ``expected`` holds the ids whose latest read state lies in the window and was written by the connector user. No
+    such record committed late into the window when the CRM's count equals ``expected`` less those the poll read
+    again (written since: they left the count). A late commit, or a record that moved out between the count and
+    the read, makes the numbers differ: then those records are read in full, as before. Records other users wrote
+    are always read again. Left undetected: a record already read in the window, written again by the connector user
+    in a transaction that commits late with a stamp still inside the window (its echo is not read; a later change
+    or the reconciliation brings any trigger-made change)."""
+
+    object_type: str
+    since: datetime
+    until: datetime
+    own_user: str
+    expected: frozenset[str]
+    conditions: tuple[str, ...] = ()
+
+    def window(self) -> list[str]:
+        """SOQL conditions selecting the connector user's records in the window (person-account filter aside)."""
+        return [*self.conditions, f"SystemModstamp >= {format_datetime(self.since)}",
+                f"SystemModstamp < {format_datetime(self.until)}", f"LastModifiedById = {_soql_id(self.own_user)}"]
+
+    def count_soql(self) -> str:
+        person = ["IsPersonAccount = true"] if self.object_type == CrmObject.PERSON_ACCOUNT else []
+        return f"SELECT COUNT() FROM {sobject_name(self.object_type)} WHERE {' AND '.join(person + self.window())}"
+
+    def url(self, api_version: str = "59.0") -> str:
+        return f"/services/data/v{api_version}/queryAll?q={quote(self.count_soql(), safe='')}"
+
+    def complete(self, crm_count: int, read_ids: Iterable[str]) -> bool:
+        """``read_ids``: every record the poll read. An expected record among them was written again since — from
+        ``until`` on, or by another user inside the window — so the count no longer includes it."""
+        moved = {id18(i).lower() for i in read_ids}
+        return crm_count == len(self.expected - moved)
+
+
+def overlap_count(watermark: Watermark, own_user: str, overlap: timedelta = DEFAULT_OVERLAP, *,
+                  conditions: Sequence[str] = (), threshold: int | None = None) -> OverlapCount | None:
+    """An :class:`OverlapCount` when the window holds more than ``threshold`` (default :data:`RECOUNT_ABOVE`) of the
+    connector user's records already read, else ``None`` (read the whole window again: it is cheap)."""
+    since = watermark.since(overlap)
+    if since is None or watermark.modstamp is None or not own_user or not watermark.own:
+        return None
+    since, until = _to_ms(since), _to_ms(watermark.modstamp)
+    latest: dict[str, Key] = {}
+    for key in watermark.recent_keys:
+        if key[0] not in latest or datetime.fromisoformat(key[1]) > datetime.fromisoformat(latest[key[0]][1]):
+            latest[key[0]] = key
+    expected = frozenset(rid for rid, key in latest.items()
+                         if key in watermark.own and since <= datetime.fromisoformat(key[1]) < until)
+    if len(expected) <= (RECOUNT_ABOVE if threshold is None else threshold):
+        return None
+    return OverlapCount(watermark.object_type, since, until, own_user, expected, tuple(conditions))
 
 
 def composite_poll_body(queries: Sequence[PollQuery], api_version: str = "59.0") -> list[dict[str, Any]]:

@@ -14,6 +14,9 @@
    the connector first. Transient errors (5xx, ``UNABLE_TO_LOCK_ROW``, timeouts) are retried with backoff.
 
 Rows Loopline rejects go to the error queue through the same apply path as polled records ([R26]).
+
+The other direction, large push backlogs ([R23]): :func:`push_jobs` writes what ``push`` planned through ingest
+jobs (updates by Id, creates as upserts on the external id) and hands the per-record results back to ``push``.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import io
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import transaction
@@ -34,11 +38,12 @@ from simple_salesforce.util import call_salesforce
 from loopline.platform import tasks as platform_tasks
 from loopline.platform.models import Job
 
-from ..engine import CrmRecord, RunCounters
+from ..engine import BatchLimits, CrmRecord, OutboxItem, RunCounters, WriteOp, plan_push
+from ..engine.batching import BulkJob, CoalescedWrite, WriteOutcome, bulk_outcomes
 from ..engine.budget import ApiUsage, decide_budget
 from ..engine.capture import select_fields
-from ..engine.errors import ErrorCategory, classify
-from ..engine.model import sobject_name
+from ..engine.errors import CrmError, ErrorCategory, classify
+from ..engine.model import id18, sobject_name
 from ..models import BulkImportCheckpoint, Connector
 from ..models import Watermark as WatermarkRow
 from ..salesforce.client import CrmApiError, CrmClient
@@ -114,6 +119,58 @@ class BulkQueries:
             return response.content.decode("utf-8"), "" if following in ("", "null") else following
 
         return self.client.call(fetch)
+
+
+class BulkIngest:
+    """Bulk API 2.0 ingest jobs, through the same session as :class:`BulkQueries`."""
+
+    def __init__(self, client: CrmClient):
+        self.client = client
+
+    def create(self, body: dict[str, Any]) -> dict:
+        return self.client.restful("jobs/ingest", method="POST", json=body)
+
+    def upload(self, job_id: str, data: str) -> None:
+        timeout = self.client.config.timeout
+
+        def put(sf) -> None:
+            call_salesforce(
+                f"{sf.bulk2_url}ingest/{job_id}/batches",
+                "PUT",
+                sf.session,
+                {**sf.headers, "Content-Type": "text/csv", "Accept": "application/json"},
+                data=data.encode("utf-8"),
+                timeout=timeout,
+            )
+
+        self.client.call(put)
+
+    def close(self, job_id: str) -> dict:
+        return self.client.restful(f"jobs/ingest/{job_id}", method="PATCH", json={"state": "UploadComplete"})
+
+    def abort(self, job_id: str) -> dict:
+        return self.client.restful(f"jobs/ingest/{job_id}", method="PATCH", json={"state": "Aborted"})
+
+    def info(self, job_id: str) -> dict:
+        return self.client.restful(f"jobs/ingest/{job_id}")
+
+    def results(self, job_id: str, which: str) -> list[dict[str, str]]:
+        """``successfulResults`` / ``failedResults`` rows as dicts (``sf__Id``, ``sf__Created``/``sf__Error`` and
+        the uploaded columns)."""
+        timeout = self.client.config.timeout
+
+        def fetch(sf) -> str:
+            response = call_salesforce(
+                f"{sf.bulk2_url}ingest/{job_id}/{which}/",
+                "GET",
+                sf.session,
+                {**sf.headers, "Accept": "text/csv"},
+                timeout=timeout,
+            )
+            return response.content.decode("utf-8-sig")
+
+        text = self.client.call(fetch)
+        return list(csv.DictReader(io.StringIO(text, newline="")))
 
 
 def _retrying[T](fn: Callable[[], T]) -> T:
@@ -210,7 +267,7 @@ def _record_watermarks(connector: Connector, objects: Sequence[str]) -> None:
                 row.save(update_fields=["modstamp"])
 
 
-def _check_budget(ctx: SyncContext) -> None:
+def _check_budget(ctx: SyncContext, what: str = "bulk import") -> None:
     """[R27]: bulk work only below 90% of the connector's share and outside a limit pause."""
     connector = ctx.connector
     now = timezone.now()
@@ -235,42 +292,54 @@ def _check_budget(ctx: SyncContext) -> None:
         paused_until=paused_until,
     )
     if not decision.allows_bulk:
-        raise BulkDeferred(f"bulk import deferred: {decision.reason}", decision.until)
+        raise BulkDeferred(f"{what} deferred: {decision.reason}", decision.until)
 
 
-def _limit_stop(ctx: SyncContext, exc: CrmApiError) -> BulkDeferred:
+def _limit_stop(ctx: SyncContext, exc: CrmApiError, what: str = "bulk import") -> BulkDeferred:
     until = budget.pause_for_limit(ctx.connector, exc.message)
-    return BulkDeferred(f"bulk import stopped by the CRM's API limit until {until:%H:%M} UTC", until)
+    return BulkDeferred(f"{what} stopped by the CRM's API limit until {until:%H:%M} UTC", until)
 
 
-def _call(ctx: SyncContext, fn: Callable[[], Any]) -> Any:
+def _call(ctx: SyncContext, fn: Callable[[], Any], what: str = "bulk import") -> Any:
     try:
         return _retrying(fn)
     except CrmApiError as exc:
         if classify(exc.code, exc.status, exc.message).category is ErrorCategory.LIMIT:
-            raise _limit_stop(ctx, exc) from exc
+            raise _limit_stop(ctx, exc, what) from exc
         raise
 
 
-def _wait_for_job(ctx: SyncContext, api: BulkQueries, job_id: str, job) -> dict:
-    delay, deadline = 0.2, time.monotonic() + JOB_WAIT_SECONDS
+def _wait_for_job(
+    ctx: SyncContext,
+    api: BulkQueries | BulkIngest,
+    job_id: str,
+    job,
+    *,
+    kind: str = "query",
+    waiting: Callable[[], None] | None = None,
+    wait_seconds: float = JOB_WAIT_SECONDS,
+    what: str = "bulk import",
+) -> dict:
+    delay, deadline = 0.2, time.monotonic() + wait_seconds
     while True:
-        info = _call(ctx, lambda: api.info(job_id))
+        info = _call(ctx, lambda: api.info(job_id), what)
         state = info.get("state")
         if state == "JobComplete":
             return info
         if state in ("Failed", "Aborted"):
             raise CrmApiError(
                 "BULK_JOB_FAILED",
-                f"Bulk query job {job_id} {state.lower()}: {info.get('errorMessage') or 'no details'}",
+                f"Bulk {kind} job {job_id} {state.lower()}: {info.get('errorMessage') or 'no details'}",
             )
         if time.monotonic() > deadline:
             raise CrmApiError(
                 "BULK_JOB_TIMEOUT",
-                f"Bulk query job {job_id} still {state} after {JOB_WAIT_SECONDS // 3600} h",
+                f"Bulk {kind} job {job_id} still {state} after {int(wait_seconds // 60)} min",
             )
         if job is not None:
             platform_tasks.heartbeat(job)
+        if waiting is not None:
+            waiting()
         time.sleep(delay)
         delay = min(2.0, delay * 1.5)
 
@@ -451,3 +520,181 @@ def progress(connector: Connector) -> dict[str, Any]:
         cp.object_type: {"state": cp.state, "done": cp.done, "total": cp.total, "job_id": cp.job_id}
         for cp in Checkpoint.objects.filter(connector=connector).order_by("object_type")
     }
+
+
+# --- Loopline → CRM: large push backlogs through ingest jobs ([R23], [R25], [R26], [R27]) ----------------------------
+
+PUSH_ROWS = 10_000  # rows per ingest job, and the most outbox entries one bulk drain claims
+PUSH_WAIT_SECONDS = 1800  # a job still running after this is aborted; its writes go through collections
+PUSH_APPLY_CHUNK = 1000  # outcomes applied per transaction
+LEASE_EVERY = 60.0  # seconds between lease extensions while a job runs
+PUSH = "bulk push"
+
+
+@dataclass(frozen=True)
+class IngestJob(BulkJob):
+    """An ingest job. Creates are upserts on ``upsert_field`` (the external id, [R25]): a job re-sent after a
+    crash finds the records the first one made, and its results map back to prospects by that column."""
+
+    upsert_field: str | None = None
+
+    def job_body(self) -> dict[str, Any]:
+        body = super().job_body()
+        if self.upsert_field:
+            body.update(operation="upsert", externalIdFieldName=self.upsert_field)
+        return body
+
+
+def upsert_outcomes(
+    job: IngestJob, successful: Iterable[Mapping[str, str]], failed: Iterable[Mapping[str, str]]
+) -> list[WriteOutcome]:
+    """Results of an upsert job, matched to its writes by the external-id column (the CRM echoes every uploaded
+    column). Writes in neither list were not processed: a transient ``UNPROCESSED`` failure (retried)."""
+    field_name = str(job.upsert_field)
+
+    def key(row: Mapping[str, str]) -> str:
+        for name, value in row.items():
+            if name and name.lower() == field_name.lower():
+                return value or ""
+        return ""
+
+    ok = {key(r): r for r in successful}
+    bad = {key(r): r for r in failed}
+    outcomes = []
+    for w in job.writes:
+        value = str(w.payload.get(field_name) or "")
+        if value and value in ok:
+            row = ok[value]
+            created = (row.get("sf__Created") or "").lower() == "true"
+            outcomes.append(WriteOutcome(w, True, id18(row.get("sf__Id") or ""), created))
+        elif value and value in bad:
+            error = CrmError.from_bulk(bad[value].get("sf__Error") or "UNKNOWN_ERROR:no details")
+            outcomes.append(WriteOutcome(w, False, None, errors=(error,)))
+        else:
+            unprocessed = CrmError("UNPROCESSED", "not processed by the bulk job")
+            outcomes.append(WriteOutcome(w, False, None, errors=(unprocessed,)))
+    return outcomes
+
+
+def _blank_as_null(item: OutboxItem) -> OutboxItem:
+    # An empty CSV cell means "leave unchanged"; collections send "" to clear a field, so do the same with #N/A.
+    if not any(v == "" for v in item.payload.values()):
+        return item
+    return replace(item, payload={k: (None if v == "" else v) for k, v in item.payload.items()})
+
+
+def _abort_quietly(api: BulkIngest, job_id: str) -> None:
+    try:
+        api.abort(job_id)
+    except CrmApiError:  # already finished or gone: nothing to stop
+        logger.info("could not abort ingest job %s", job_id, exc_info=True)
+
+
+def _start_ingest(ctx: SyncContext, api: BulkIngest, job: IngestJob) -> str:
+    """Create the job, upload the CSV, close it. A failed step aborts the job and the whole sequence is retried
+    with a new one: an upload is never repeated inside one job (that would send every row twice)."""
+    body, data = job.job_body(), job.csv()
+    for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+        job_id = ""
+        try:
+            job_id = str(api.create(body)["id"])
+            api.upload(job_id, data)
+            api.close(job_id)
+            return job_id
+        except CrmApiError as exc:
+            if job_id:
+                _abort_quietly(api, job_id)
+            info = classify(exc.code, exc.status, exc.message)
+            if info.category is ErrorCategory.LIMIT:
+                raise _limit_stop(ctx, exc, PUSH) from exc
+            if attempt == TRANSIENT_ATTEMPTS or not info.transient:
+                raise
+            delay = min(10.0, 0.25 * 2**attempt)
+            time.sleep(delay / 2 + random.random() * delay / 2)
+    raise AssertionError("unreachable")
+
+
+def _run_ingest(
+    ctx: SyncContext, api: BulkIngest, job: IngestJob, keep_leased: Callable[[], None]
+) -> list[WriteOutcome] | None:
+    """One job from creation to per-write outcomes; None when the job as a whole failed or timed out (its writes
+    then go through collections, which report per record)."""
+    job_id = _start_ingest(ctx, api, job)
+    last = [time.monotonic()]
+
+    def waiting() -> None:
+        if time.monotonic() - last[0] >= LEASE_EVERY:
+            keep_leased()
+            last[0] = time.monotonic()
+
+    try:
+        _wait_for_job(
+            ctx, api, job_id, None, kind="ingest", waiting=waiting, wait_seconds=PUSH_WAIT_SECONDS, what=PUSH
+        )
+    except CrmApiError as exc:
+        if exc.code not in ("BULK_JOB_FAILED", "BULK_JOB_TIMEOUT"):
+            raise
+        if exc.code == "BULK_JOB_TIMEOUT":
+            _abort_quietly(api, job_id)
+        logger.warning(
+            "ingest job %s unusable (%s); writing its %d rows through collections",
+            job_id,
+            exc,
+            len(job.writes),
+        )
+        return None
+    keep_leased()
+    # Rows in neither list were not processed (``unprocessedrecords``): they come back as transient failures.
+    successful = _call(ctx, lambda: api.results(job_id, "successfulResults"), PUSH)
+    failed = _call(ctx, lambda: api.results(job_id, "failedResults"), PUSH)
+    if job.upsert_field:
+        return upsert_outcomes(job, successful, failed)
+    return bulk_outcomes(job, successful, failed)
+
+
+def push_jobs(
+    ctx: SyncContext,
+    items: Sequence[OutboxItem],
+    upsert_fields: Mapping[str, str],
+    apply: Callable[[list[WriteOutcome]], None],
+    keep_leased: Callable[[], None],
+    *,
+    rows_per_job: int = PUSH_ROWS,
+) -> list[OutboxItem]:
+    """Write the planned ``items`` through Bulk API 2.0 ingest jobs, one per object and operation (up to
+    ``rows_per_job`` rows each): updates by Id, creates as upserts on the object's external id. Each job's
+    per-record outcomes go to ``apply`` (the push path's own bookkeeping: links, hashes, error queue) in chunks.
+    ``keep_leased`` extends the outbox leases while a job runs: the entries stay claimed until their results are
+    applied, so a killed worker loses nothing and its retry, upserting on the same external ids, duplicates
+    nothing ([R25]). Raises :class:`BulkDeferred` when the budget says bulk work must wait ([R27]).
+
+    Returns the items left for sObject Collections: creates of objects without the external-id field (a plain
+    insert re-sent after a crash would create the record again), and the writes of a job that failed as a whole."""
+    by_key = {i.key: i for i in items}
+    limits = BatchLimits(api_version=ctx.api_version, bulk_threshold=-1, bulk_max_rows=rows_per_job)
+    plan = plan_push([_blank_as_null(i) for i in items], limits)
+    if len(plan.steps) > 1:  # several writes of one record: keep their order through collections
+        return list(items)
+    left = [by_key[d.key] for d in plan.deferred]
+    groups: dict[tuple[str, WriteOp], list[CoalescedWrite]] = {}
+    for w in plan.steps[0].writes if plan.steps else ():
+        groups.setdefault((w.object_type, w.operation), []).append(w)
+    jobs: list[IngestJob] = []
+    for (object_type, op), writes in groups.items():
+        field_name = upsert_fields.get(object_type) if op is WriteOp.CREATE else None
+        if op is WriteOp.CREATE and not field_name:
+            left.extend(by_key[w.key] for w in writes)
+            continue
+        for i in range(0, len(writes), rows_per_job):
+            jobs.append(IngestJob(object_type, op, tuple(writes[i : i + rows_per_job]), field_name))
+    api = BulkIngest(ctx.client)
+    for job in jobs:
+        _check_budget(ctx, PUSH)
+        keep_leased()
+        outcomes = _run_ingest(ctx, api, job, keep_leased)
+        if outcomes is None:
+            left.extend(by_key[w.key] for w in job.writes)
+            continue
+        for i in range(0, len(outcomes), PUSH_APPLY_CHUNK):
+            apply(outcomes[i : i + PUSH_APPLY_CHUNK])
+    return left

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from .. import services
 from ..engine import ConnectorSettings, CrmRecord, ObjectDescribe
-from ..engine.model import FieldMapping, sobject_name
+from ..engine.model import CrmObject, FieldMapping, sobject_name
 from ..mapping import load_mappings
 from ..models import Connector, CrmDescribe
 from ..salesforce.client import CrmClient
@@ -62,6 +62,7 @@ class SyncContext:
     calls_at_start: int = 0
     _describes: dict[str, ObjectDescribe] = field(default_factory=dict)
     _derived: dict[tuple[str, dt.datetime], tuple[dict[str, Any], str, dict[str, str]]] = field(default_factory=dict)
+    _person_accounts: bool | None = None
 
     @classmethod
     def load(cls, connector: Connector, client: CrmClient | None = None) -> SyncContext:
@@ -85,7 +86,7 @@ class SyncContext:
         """The mapping without CRM fields the org does not have (per the describe): a mapped field missing on one
         object must not break the whole poll. Parent paths (``Account.Name``) are kept."""
         known: dict[str, set[str]] = {}
-        for object_type in POLLED_OBJECTS:
+        for object_type in self.polled_objects:  # a person account's fields per the Account describe
             try:
                 known[object_type] = {name.lower() for name in self.describe(object_type).fields}
             except Exception:
@@ -113,6 +114,31 @@ class SyncContext:
     def forget_precomputed(self, records: Iterable[CrmRecord]) -> None:
         for r in records:
             self._derived.pop((r.id, r.system_modstamp), None)
+
+    @property
+    def person_accounts(self) -> bool:
+        """Whether person accounts sync ([R14]): the BU turned them on (or creates them) and the org has them —
+        ``Contact.IsPersonAccount`` exists only then (the contact describe is read anyway: no extra call)."""
+        if self._person_accounts is None:
+            raw = self.raw_settings
+            if not (raw.get("sync_person_accounts") or raw.get("new_record_object") == CrmObject.PERSON_ACCOUNT):
+                self._person_accounts = False
+                return False
+            try:
+                self._person_accounts = self.describe("Contact").get("IsPersonAccount") is not None
+            except Exception:  # describe unavailable: sync leads and contacts as before
+                return False
+        return self._person_accounts
+
+    @property
+    def polled_objects(self) -> tuple[str, ...]:
+        """Leads and contacts, and person accounts when the org has them ([R8], [R14])."""
+        return (*POLLED_OBJECTS, CrmObject.PERSON_ACCOUNT.value) if self.person_accounts else POLLED_OBJECTS
+
+    def soql_filter(self, object_type: str) -> tuple[str, ...]:
+        """Extra SOQL conditions per object: with person accounts, a person contact is synced through its account
+        (the account is the record to read and write), never as a contact of its own ([R14])."""
+        return ("IsPersonAccount = false",) if object_type == CrmObject.CONTACT and self.person_accounts else ()
 
     @property
     def api_version(self) -> str:

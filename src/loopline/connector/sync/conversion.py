@@ -8,6 +8,11 @@ never resolves a converted lead. Nothing is re-created: the prospect keeps its i
 If the contact already has a prospect of its own (the lead was converted into an existing contact, or the new contact
 arrived first), the two prospects are one person: the lead's prospect is merged into the contact's ([R32] rules, so
 the history moves to the survivor).
+
+A lead converted into a person account ([R14]) is the same move: ``ConvertedContactId`` is the person contact and
+``ConvertedAccountId`` the person account, which become the prospect's contact and account ids. From then on the push
+reads and writes the person account (it looks the account up by the prospect's account id) and the poll brings it as
+a ``PersonAccount`` record that carries those ids; its person contact never syncs as a contact of its own.
 """
 
 from __future__ import annotations

@@ -56,8 +56,12 @@ def sync_prospect_now(access: Access, prospect: Prospect) -> ManualResult:
     crm_id = prospect.crm_contact_id or prospect.crm_lead_id
     if crm_id:  # CRM → Loopline first: the newest CRM values take part in the resolution
         with runs.sync_run(connector, "manual", client=ctx.client) as run:
-            object_type = "Contact" if prospect.crm_contact_id else "Lead"
-            records = pull.fetch_records(ctx, object_type, [crm_id])
+            records = []
+            if ctx.person_accounts and prospect.crm_contact_id and prospect.crm_account_id:  # [R14]
+                records = pull.fetch_records(ctx, "PersonAccount", [prospect.crm_account_id])
+            if not records:
+                object_type = "Contact" if prospect.crm_contact_id else "Lead"
+                records = pull.fetch_records(ctx, object_type, [crm_id])
             with transaction.atomic():
                 pull.apply_records(ctx, records, run.counters, explicit=True)
         counters.merge(run.counters)
@@ -73,9 +77,13 @@ def pull_record(connector: Connector, crm_id: str, *, explicit: bool = True) -> 
     """Fetch one lead/contact by id and apply it ("Send to Loopline", error-queue retries)."""
     crm_id = (crm_id or "").strip()
     object_type = OBJECT_BY_PREFIX.get(crm_id[:3])
-    if object_type is None or len(crm_id) not in (15, 18) or not crm_id.isalnum():
-        raise ValidationError("Send a Lead (00Q…) or Contact (003…) id")
+    if (object_type is None and crm_id[:3] != "001") or len(crm_id) not in (15, 18) or not crm_id.isalnum():
+        raise ValidationError("Send a Lead (00Q…), Contact (003…) or person account (001…) id")
     ctx = SyncContext.load(connector)
+    if object_type is None:  # [R14] an account id: only a person account syncs, and only when they are on
+        if not ctx.person_accounts:
+            raise ValidationError("Person accounts do not sync with Loopline: send a Lead (00Q…) or Contact (003…) id")
+        object_type = "PersonAccount"
     with runs.sync_run(connector, "manual", client=ctx.client) as run:
         records = pull.fetch_records(ctx, object_type, [id18(crm_id)])
         if not records:

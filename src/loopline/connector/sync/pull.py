@@ -29,7 +29,7 @@ from loopline.prospects import services as prospect_services
 from loopline.prospects.fields import field_specs
 from loopline.prospects.models import Prospect
 
-from .. import outbox
+from .. import outbox, sharing
 from ..engine import (
     CrmRecord,
     RunCounters,
@@ -42,10 +42,19 @@ from ..engine import (
     record_hash,
     resolve,
 )
-from ..engine.capture import PollSettings, build_soql, next_poll_interval, poll_query, select_fields
+from ..engine.capture import (
+    OverlapCount,
+    PollQuery,
+    PollSettings,
+    build_soql,
+    next_poll_interval,
+    overlap_count,
+    poll_query,
+    select_fields,
+)
 from ..engine.lifecycle import LifecycleAction
 from ..engine.matching import Link, ProspectMatchOutcome
-from ..engine.model import CrmObject, MatchingMode, id18
+from ..engine.model import CrmObject, MatchingMode, id18, sobject_name
 from ..engine.resolve import EchoVerdict
 from ..metrics import SYNC_LATENCY, SYNCED_RECORDS
 from ..models import Connector, CrmLink, SyncError
@@ -59,6 +68,7 @@ logger = logging.getLogger("loopline.connector.pull")
 
 CHUNK = 2000
 OVERLAP = dt.timedelta(seconds=60)
+COUNT_REF = "count_"  # composite referenceId prefix of an overlap count
 FROM_CRM = SyncError.Direction.FROM_CRM
 
 
@@ -126,38 +136,78 @@ def poll(connector: Connector, *, client=None) -> RunCounters:
     ctx = SyncContext.load(connector, client)
     with runs.sync_run(connector, "pull", client=ctx.client) as run:
         counters = run.counters
-        marks = {o: load_watermark(connector, o) for o in POLLED_OBJECTS}
-        queries = [poll_query(wm, ctx.mappings, overlap=OVERLAP) for _, wm in marks.values()]
+        sharing.recheck_if_pending(ctx, counters)  # [R36] the sharing rule changed: re-read the linked records
+        marks = {o: load_watermark(connector, o) for o in ctx.polled_objects}  # [R14] person accounts when on
+        own_user = connector.connector_user_id
+        # Our own writes' echoes filling the overlap window are counted, not read again (see OverlapCount).
+        checks: dict[str, OverlapCount] = {}
+        for o, (_, wm) in marks.items():
+            # A composite call holds at most five queries: an object without room for its count reads its window.
+            if len(marks) + len(checks) < 5 and (
+                    c := overlap_count(wm, own_user, OVERLAP, conditions=ctx.soql_filter(o))) is not None:
+                checks[o] = c
+        queries = [poll_query(wm, ctx.mappings, overlap=OVERLAP, recount=checks.get(o),
+                              extra_fields=sharing.query_fields(ctx, o), conditions=ctx.soql_filter(o))
+                   for o, (_, wm) in marks.items()]
+        subrequests = [{"method": "GET", "url": q.url(ctx.api_version), "referenceId": q.object_type}
+                       for q in queries]
+        subrequests += [{"method": "GET", "url": c.url(ctx.api_version), "referenceId": f"{COUNT_REF}{o}"}
+                        for o, c in checks.items()]
         # [R38]/[R40] campaign members, opportunities and contact roles ride on the same call (≤5 queries).
-        riders = related.riders(ctx, room=5 - len(queries))
-        body = {"allOrNone": False, "compositeRequest": [
-            {"method": "GET", "url": q.url(ctx.api_version), "referenceId": q.object_type} for q in queries]
-            + riders.subrequests()}
+        riders = related.riders(ctx, room=5 - len(subrequests))
+        body = {"allOrNone": False, "compositeRequest": subrequests + riders.subrequests()}
         started = timezone.now()
         response = ctx.client.restful("composite", method="POST", json=body)
-        for sub in response.get("compositeResponse") or ():
+        subs = list(response.get("compositeResponse") or ())
+        counts = {str(s.get("referenceId"))[len(COUNT_REF):]: s for s in subs
+                  if str(s.get("referenceId")).startswith(COUNT_REF)}
+        for sub in subs:
             if riders.owns(sub):
                 riders.apply(sub)
                 continue
             object_type = str(sub.get("referenceId"))
-            status = int(sub.get("httpStatusCode") or 500)
+            if object_type.startswith(COUNT_REF):
+                continue
             row, wm = marks[object_type]
-            if status >= 300:
-                body_ = sub.get("body")
-                first = body_[0] if isinstance(body_, list) and body_ else {}
-                code = str(first.get("errorCode") or f"HTTP_{status}")
-                message = str(first.get("message") or "poll failed")
-                WatermarkRow.objects.filter(pk=row.pk).update(last_poll_at=timezone.now(),
-                                                              last_error=f"{code}: {message}"[:500])
-                raise CrmApiError(code, message, status)
+            _raise_for_status(sub, row)
+            read: set[str] = set()
             for records in _pages(ctx, sub.get("body") or {}, object_type):
+                read.update(r.id for r in records)
                 wm = apply_page(ctx, records, wm, row, counters)
+            check = checks.get(object_type)
+            if check is not None and not _window_complete(check, counts.get(object_type), read):
+                # One of ours committed late into the window (or the count failed): read those after all.
+                fields = select_fields(object_type, ctx.mappings, sharing.query_fields(ctx, object_type))
+                soql = build_soql(object_type, fields, None, conditions=check.window())
+                url = PollQuery(object_type, soql, check.since).url(ctx.api_version)
+                first = ctx.client.restful(url.split(f"/v{ctx.api_version}/", 1)[-1])
+                for records in _pages(ctx, first, object_type):
+                    wm = apply_page(ctx, records, wm, row, counters)
             # Every page read and applied: an idle object's next window no longer re-reads its last burst.
             save_watermark(row, wm.settle(started, OVERLAP))
         riders.finish()
         if counters.fetched == 0:
             counters.note = "no changes in the CRM since the last poll"
     return counters
+
+
+def _raise_for_status(sub: dict, row: WatermarkRow) -> None:
+    status = int(sub.get("httpStatusCode") or 500)
+    if status < 300:
+        return
+    body_ = sub.get("body")
+    first = body_[0] if isinstance(body_, list) and body_ else {}
+    code = str(first.get("errorCode") or f"HTTP_{status}")
+    message = str(first.get("message") or "poll failed")
+    WatermarkRow.objects.filter(pk=row.pk).update(last_poll_at=timezone.now(), last_error=f"{code}: {message}"[:500])
+    raise CrmApiError(code, message, status)
+
+
+def _window_complete(check: OverlapCount, sub: dict | None, read_ids: Iterable[str]) -> bool:
+    if sub is None or int(sub.get("httpStatusCode") or 500) >= 300:
+        return False
+    total = (sub.get("body") or {}).get("totalSize")
+    return isinstance(total, int) and check.complete(total, read_ids)
 
 
 def apply_page(ctx: SyncContext, records: Sequence[CrmRecord], wm: Watermark, row: WatermarkRow,
@@ -170,7 +220,8 @@ def apply_page(ctx: SyncContext, records: Sequence[CrmRecord], wm: Watermark, ro
         chunk = fresh[start:start + CHUNK]
         with transaction.atomic():
             apply_records(ctx, chunk, counters, explicit=explicit)
-            wm = wm.advance(chunk, pending=fresh[start + CHUNK:], overlap=OVERLAP)
+            wm = wm.advance(chunk, pending=fresh[start + CHUNK:], overlap=OVERLAP,
+                            own_user=ctx.connector.connector_user_id)
             save_watermark(row, wm)
     if not fresh and records:
         wm = wm.advance([], overlap=OVERLAP)
@@ -236,6 +287,7 @@ def apply_records(ctx: SyncContext, records: Sequence[CrmRecord], counters: RunC
     now belong to a prospect."""
     connector = ctx.connector
     result: dict[str, int] = {}
+    records = sharing.screen(ctx, records, counters)  # [R34]-[R36] what this BU sees
     if not records:
         return result
     records, link_bumps, links = _skip_known(ctx, records, counters, result)
@@ -501,27 +553,33 @@ def fetch_records(ctx: SyncContext, object_type: str, ids: Iterable[str]) -> lis
     ids = [i for i in ids if i]
     if not ids:
         return []
-    fields = select_fields(object_type, ctx.mappings)
+    fields = select_fields(object_type, ctx.mappings, sharing.query_fields(ctx, object_type))
     quoted = ", ".join(f"'{i}'" for i in ids)
-    soql = f"SELECT {', '.join(fields)} FROM {object_type} WHERE Id IN ({quoted})"
+    where = [*ctx.soql_filter(object_type), f"Id IN ({quoted})"]
+    if object_type == CrmObject.PERSON_ACCOUNT:  # [R14] an Account, and only a person account
+        where.insert(0, "IsPersonAccount = true")
+    soql = f"SELECT {', '.join(fields)} FROM {sobject_name(object_type)} WHERE {' AND '.join(where)}"
     raw = ctx.client.query(soql, include_deleted=True)
     return [CrmRecord.from_api(object_type, r) for r in raw]
 
 
-def initial_import(connector: Connector, job=None, *, client=None, objects: Sequence[str] = POLLED_OBJECTS
+def initial_import(connector: Connector, job=None, *, client=None, objects: Sequence[str] | None = None
                    ) -> RunCounters:
-    """Every live Lead and Contact, 2,000 per page; creates prospects regardless of "automatically create" ([R10]).
-    Watermarks move to the newest record seen, so polling continues from there."""
+    """Every live Lead and Contact (and person account, [R14]), 2,000 per page; creates prospects regardless of
+    "automatically create" ([R10]). Watermarks move to the newest record seen, so polling continues from there."""
     from loopline.platform import tasks as platform_tasks
 
     ctx = SyncContext.load(connector, client)
+    every_object = objects is None or tuple(objects) == POLLED_OBJECTS
+    objects = ctx.polled_objects if objects is None else objects
     with runs.sync_run(connector, "initial_import", client=ctx.client) as run:
         counters = run.counters
         # A job started by import_from_crm already holds the total of every object; otherwise it grows per object.
         preset_total, planned = bool(getattr(job, "total", 0)), 0
         for object_type in objects:
             row, wm = load_watermark(connector, object_type)
-            soql = build_soql(object_type, select_fields(object_type, ctx.mappings), None)
+            fields = select_fields(object_type, ctx.mappings, sharing.query_fields(ctx, object_type))
+            soql = build_soql(object_type, fields, None, conditions=ctx.soql_filter(object_type))
             first_page = ctx.client.restful("query", params={"q": soql},
                                             headers={"Sforce-Query-Options": "batchSize=2000"})
             planned += int(first_page.get("totalSize") or 0)
@@ -537,12 +595,12 @@ def initial_import(connector: Connector, job=None, *, client=None, objects: Sequ
                     if parsed:
                         newest = max(parsed, key=lambda r: r.system_modstamp)
                         if wm.modstamp is None or newest.system_modstamp > wm.modstamp:
-                            wm = Watermark(object_type, newest.system_modstamp, wm.recent_keys, wm.settled)
+                            wm = Watermark(object_type, newest.system_modstamp, wm.recent_keys, wm.settled, wm.own)
                         save_watermark(row, wm)
                 ctx.forget_precomputed(parsed)
                 if job is not None:
                     done = counters.created + counters.updated + counters.unchanged + counters.skipped_total
                     platform_tasks.advance(job, done - before, failed=counters.failed - failed_before)
-    if tuple(objects) == POLLED_OBJECTS:  # then the existing contact roles, deals and campaign members ([R38], [R40])
+    if every_object:  # then the existing contact roles, deals and campaign members ([R38], [R40])
         related.initial_import(connector, client=ctx.client)
     return counters

@@ -19,9 +19,10 @@ the re-run and linked instead of created again (then only email-less prospects s
 window — docs/connector.md tells admins to add the field). Two drains never work on one prospect at once: a drain
 drops prospects with another entry under lease.
 
-Bulk API 2.0 hook ([R23], next issue): :func:`use_bulk` decides per batch; today it always answers False, so every
-write goes through collections. When it answers True, ``plan_push`` (with ``bulk_threshold``) turns the updates into
-``BulkJob`` s whose ``bulk_outcomes`` map back per record the same way.
+Bulk API 2.0 ([R23]): when more entries are due than the ``bulk_threshold`` setting, :func:`drain` claims up to
+``bulk.PUSH_ROWS`` of them, plans them exactly as above, and :func:`bulk.push_jobs` writes updates and (external-id)
+creates through ingest jobs; their results go through the same :func:`_outcome` bookkeeping. Entries stay leased
+until their results are applied ([R25]); bulk work waits at 90% of the API share ([R27]).
 """
 
 from __future__ import annotations
@@ -61,14 +62,15 @@ from ..engine.batching import WriteOutcome, composite_outcomes
 from ..engine.capture import select_fields
 from ..engine.creation import PushAction
 from ..engine.errors import CrmError, ErrorCategory, classify
-from ..engine.model import CrmObject, id18
+from ..engine.model import CrmObject, id18, sobject_name
 from ..engine.validate import Operation
 from ..metrics import OUTBOX_BACKLOG, SYNC_LATENCY, SYNCED_RECORDS
-from ..models import Connector, CrmLink, OutboxEntry, SyncError
+from ..models import Connector, CrmDescribe, CrmLink, OutboxEntry, SyncError
 from ..salesforce.auth import AuthError
 from ..salesforce.client import CrmApiError
-from . import budget, errors, fastwrite, runs
-from .context import POLLED_OBJECTS, SyncContext, shared_client
+from ..services import settings_of
+from . import budget, bulk, errors, fastwrite, runs
+from .context import SyncContext, shared_client
 from .snapshots import agreed_baseline, owner_ids, snapshot, split_writes, state_of
 
 logger = logging.getLogger("loopline.connector.push")
@@ -83,9 +85,30 @@ class BudgetPaused(Exception):
     """``REQUEST_LIMIT_EXCEEDED``: the connector is paused until the window rolls ([R27])."""
 
 
+def bulk_threshold(settings: dict[str, Any]) -> int:
+    try:
+        return max(0, int(settings.get("bulk_threshold") or 0)) or 2000
+    except (TypeError, ValueError):
+        return 2000
+
+
 def use_bulk(backlog: int, ctx: SyncContext) -> bool:
-    """Bulk API 2.0 above ``bulk_threshold`` — the hook for the next issue; collections for now."""
-    return False
+    """Bulk API 2.0 ingest jobs when more than ``bulk_threshold`` entries are due ([R23])."""
+    return backlog > bulk_threshold(ctx.raw_settings)
+
+
+def _due_upto(connector: Connector, cap: int) -> int:
+    """Due pending entries, counted up to ``cap`` (a bounded count: the outbox may hold millions)."""
+    return OutboxEntry.objects.filter(connector=connector, status=OutboxEntry.Status.PENDING,
+                                      next_run_at__lte=timezone.now())[:cap].count()
+
+
+def _extend_lease(entry_ids: Sequence[int]) -> None:
+    """Keep a bulk drain's entries claimed while its jobs run; only leases still held are extended."""
+    now = timezone.now()
+    for i in range(0, len(entry_ids), 5000):
+        OutboxEntry.objects.filter(pk__in=entry_ids[i:i + 5000], status=OutboxEntry.Status.PENDING,
+                                   locked_until__gt=now).update(locked_until=now + dt.timedelta(seconds=LEASE_SECONDS))
 
 
 # --- Fetching CRM candidates ------------------------------------------------------------------------------------
@@ -132,26 +155,35 @@ def fetch_candidates(ctx: SyncContext, snaps: Sequence) -> dict[Any, list[CrmRec
     the live leads/contacts with its email."""
     linked: dict[str, set[str]] = defaultdict(set)
     emails: set[str] = set()
+    person_accounts = ctx.person_accounts
     for s in snaps:
         if s.crm_contact_id:
             linked[CrmObject.CONTACT.value].add(s.crm_contact_id)
+            if person_accounts and s.crm_account_id:
+                # [R14] the contact may be a person contact: the person account is the record to sync with.
+                linked[CrmObject.PERSON_ACCOUNT.value].add(s.crm_account_id)
         elif s.crm_lead_id:
             linked[CrmObject.LEAD.value].add(s.crm_lead_id)
         if not s.is_linked and s.email:
             emails.add(s.email)
+
+    def soql(object_type: str, key: str, values: list[str]) -> str:
+        fields = ", ".join(select_fields(object_type, ctx.mappings))
+        where = [*ctx.soql_filter(object_type), f"{key} IN ({_soql_list(values)})"]
+        if object_type == CrmObject.PERSON_ACCOUNT:
+            where.insert(0, "IsPersonAccount = true")
+        return f"SELECT {fields} FROM {sobject_name(object_type)} WHERE {' AND '.join(where)}"
+
     queries: list[tuple[str, str]] = []
     for object_type, ids in linked.items():
-        fields = ", ".join(select_fields(object_type, ctx.mappings))
         ordered = sorted(ids)
         for i in range(0, len(ordered), IDS_PER_QUERY):
-            queries.append((f"{object_type}_id_{i}", f"SELECT {fields} FROM {object_type} WHERE Id IN "
-                                                     f"({_soql_list(ordered[i:i + IDS_PER_QUERY])})"))
+            queries.append((f"{object_type}_id_{i}", soql(object_type, "Id", ordered[i:i + IDS_PER_QUERY])))
     ordered_emails = sorted(emails)
-    for object_type in POLLED_OBJECTS:
-        fields = ", ".join(select_fields(object_type, ctx.mappings))
+    for object_type in ctx.polled_objects:
+        key = "PersonEmail" if object_type == CrmObject.PERSON_ACCOUNT else "Email"
         for i in range(0, len(ordered_emails), IDS_PER_QUERY):
-            queries.append((f"{object_type}_email_{i}", f"SELECT {fields} FROM {object_type} WHERE Email IN "
-                                                        f"({_soql_list(ordered_emails[i:i + IDS_PER_QUERY])})"))
+            queries.append((f"{object_type}_email_{i}", soql(object_type, key, ordered_emails[i:i + IDS_PER_QUERY])))
     results = run_queries(ctx, queries) if queries else {}
     by_id: dict[str, CrmRecord] = {}
     by_email: dict[str, list[CrmRecord]] = defaultdict(list)
@@ -165,7 +197,7 @@ def fetch_candidates(ctx: SyncContext, snaps: Sequence) -> dict[Any, list[CrmRec
     out: dict[Any, list[CrmRecord]] = {}
     for s in snaps:
         found: dict[str, CrmRecord] = {}
-        for crm_id in (s.crm_contact_id, s.crm_lead_id):
+        for crm_id in (s.crm_contact_id, s.crm_lead_id, s.crm_account_id):  # only person accounts are fetched by id
             hit = by_id.get(id18(crm_id).lower()) if crm_id else None
             if hit is not None:
                 found[hit.id] = hit
@@ -223,6 +255,15 @@ def _reschedule(entries: Iterable[OutboxEntry], when: dt.datetime, *, count_atte
 def drain(connector: Connector, *, client=None, limit: int = BATCH, prospect_ids: Iterable[int] | None = None,
           ) -> RunCounters:
     """Push one batch of due outbox entries. Returns the run's counters (``note`` says why nothing happened)."""
+    due = 0
+    if prospect_ids is None:
+        threshold = bulk_threshold(settings_of(connector))
+        due = _due_upto(connector, threshold + 1)
+        if due > threshold:
+            decision = budget.decision(connector)
+            if not decision.allows_bulk:  # [R27]: the backlog waits, nothing claimed, no API call spent
+                return RunCounters(note=f"paused: bulk push deferred: {decision.reason} [R27]")
+            limit = max(limit, bulk.PUSH_ROWS)
     claimed = claim(connector, limit=limit, prospect_ids=prospect_ids)
     if not claimed:
         counters = RunCounters(note="the outbox is empty")
@@ -235,9 +276,13 @@ def drain(connector: Connector, *, client=None, limit: int = BATCH, prospect_ids
     with runs.sync_run(connector, "push", client=client) as run:
         try:
             ctx = SyncContext.load(connector, client)
-            push_entries(ctx, claimed, run.counters)
+            push_entries(ctx, claimed, run.counters, backlog=due)
         except BudgetPaused:
             run.counters.note = "paused: the CRM's daily API limit is exhausted [R27]"
+        except bulk.BulkDeferred as exc:  # [R27] mid-drain: what is not written yet waits, attempts not counted
+            left = [e for es in claimed.values() for e in es if e.status == OutboxEntry.Status.PENDING]
+            _reschedule(left, exc.until or timezone.now() + dt.timedelta(minutes=5), count_attempt=False)
+            run.counters.note = f"paused: {exc.reason} [R27]"
         except (AuthError, CrmApiError) as exc:
             code = getattr(exc, "code", None) or getattr(exc, "error", "AUTH")
             info = classify(str(code), getattr(exc, "status", None), str(exc))
@@ -322,7 +367,8 @@ def _gauge(connector: Connector) -> None:
     ERRORS_OPEN.labels(str(connector.pk)).set(errors.open_count(connector))
 
 
-def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counters: RunCounters) -> None:
+def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counters: RunCounters, *,
+                 backlog: int = 0) -> None:
     connector = ctx.connector
     prospects = {p.pk: p for p in Prospect.objects.filter(pk__in=list(claimed), bu_id=connector.bu_id)
                  .select_related("source_campaign", "bu")}
@@ -389,7 +435,8 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
             # plan_prospect_push returns CREATE only with a creation that names the object to create.
             assert creation is not None and creation.object_type is not None
             object_type = creation.object_type.value
-            payload = creation_payload(snap, ctx.mappings, object_type, creation)
+            payload = creation_payload(snap, ctx.mappings, object_type, creation,
+                                       extra=person_record_type(ctx) if object_type == CrmObject.PERSON_ACCOUNT else None)
             checked = validate_payload(object_type, payload, ctx.describe(object_type), Operation.CREATE)
             if not checked.ok:
                 _invalid(ctx, pid, "", checked, entries, counters)
@@ -410,10 +457,15 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
     batch = OutcomeBatch(ctx, now)
     # Only creates handed to the CRM's assignment rule let it run; every other write says FALSE, because the REST
     # API runs the active rules by default and they would replace the owner Loopline chose ([M22], [R11]).
-    _send(ctx, [i for i in items if i.key not in by_rule_keys], upsert_fields, prospects, claimed, pending, counters,
-          batch, {"Sforce-Auto-Assign": "FALSE"})
+    plain = [i for i in items if i.key not in by_rule_keys]
+    bulk_made: dict[int, str] = {}
+    if plain and use_bulk(backlog, ctx):  # ingest jobs run no assignment rule: creates handed to it stay below
+        plain, bulk_made = _send_bulk(ctx, plain, upsert_fields, prospects, claimed, pending, counters, batch)
+    made = _send(ctx, plain, upsert_fields, prospects, claimed, pending, counters, batch,
+                 {"Sforce-Auto-Assign": "FALSE"})
     created = _send(ctx, [i for i in items if i.key in by_rule_keys], upsert_fields, prospects, claimed, pending,
                     counters, batch, {"Sforce-Auto-Assign": "TRUE"})
+    _person_contacts(ctx, {**bulk_made, **made, **created}, pending)
     if created:
         _owners_chosen_by_rule(ctx, created, pending)
 
@@ -456,6 +508,55 @@ def _send(ctx: SyncContext, items: list[OutboxItem], upsert_fields: dict[str, st
             steps = steps[:index + 1] + list(plan.without_keys(failed_keys, from_step=index + 1).steps)
         index += 1
     return created
+
+
+def _send_bulk(ctx: SyncContext, items: list[OutboxItem], upsert_fields: dict[str, str | None],
+               prospects: dict[int, Prospect], claimed: dict[int, list[OutboxEntry]],
+               pending: dict[int, dict[str, Any]], counters: RunCounters, batch: OutcomeBatch
+               ) -> tuple[list[OutboxItem], dict[int, str]]:
+    """[R23] Write ``items`` through Bulk API 2.0 ingest jobs. Returns the items left for collections and, per
+    prospect id, the CRM id of the records created."""
+    entry_ids = [e.pk for i in items for e in claimed[int(i.key)]]
+    created: dict[int, str] = {}
+
+    def apply(outcomes: list[WriteOutcome]) -> None:
+        with transaction.atomic():
+            for outcome in outcomes:
+                pid = int(outcome.write.key)
+                if outcome.success and pending[pid]["record"] is None and outcome.crm_id:
+                    created[pid] = str(outcome.crm_id)
+                _outcome(ctx, prospects[pid], claimed[pid], pending[pid], outcome, counters, batch)
+            batch.flush()
+
+    left = bulk.push_jobs(ctx, items, {k: v for k, v in upsert_fields.items() if v}, apply,
+                          lambda: _extend_lease(entry_ids))
+    return left, created
+
+
+def person_record_type(ctx: SyncContext) -> dict[str, str]:
+    """``RecordTypeId`` of the org's person-account record type, when the Account describe lists one named
+    ``PersonAccount`` (Salesforce's default); else nothing and the connector user's default record type applies."""
+    ctx.describe("Account")
+    row = CrmDescribe.objects.filter(connector=ctx.connector, object_type="Account").first()
+    infos = (row.data or {}).get("recordTypeInfos") or () if row is not None else ()
+    found = next((i for i in infos if i.get("developerName") == "PersonAccount" and i.get("available", True)), None)
+    return {"RecordTypeId": str(found["recordTypeId"])} if found and found.get("recordTypeId") else {}
+
+
+def _person_contacts(ctx: SyncContext, created: dict[int, str], pending: dict[int, dict[str, Any]]) -> None:
+    """[R14] a new person account's person contact id becomes the prospect's contact id (one query per batch)."""
+    accounts = {id18(crm_id).lower(): pid for pid, crm_id in created.items()
+                if pending[pid]["object_type"] == CrmObject.PERSON_ACCOUNT}
+    if not accounts:
+        return
+    try:
+        rows = ctx.client.query(f"SELECT Id, PersonContactId FROM Account WHERE Id IN ({_soql_list(accounts)})")
+    except CrmApiError:  # the prospect stays linked by its account id; the next push reads the account again
+        logger.warning("reading the person contacts of new person accounts failed", exc_info=True)
+        return
+    found = {accounts[key]: {"crm_contact_id": str(row["PersonContactId"])} for row in rows
+             if row.get("PersonContactId") and (key := id18(str(row.get("Id"))).lower()) in accounts}
+    prospect_services.set_crm_fields(ctx.connector.bu_id, found)
 
 
 def _owners_chosen_by_rule(ctx: SyncContext, created: dict[int, str], pending: dict[int, dict[str, Any]]) -> None:
@@ -578,7 +679,8 @@ def _outcome(ctx: SyncContext, prospect: Prospect, entries: list[OutboxEntry], i
 
             crm_id = str(outcome.crm_id)
             object_type = item["object_type"]
-            key = "crm_lead_id" if object_type == CrmObject.LEAD else "crm_contact_id"
+            key = {CrmObject.LEAD: "crm_lead_id", CrmObject.PERSON_ACCOUNT: "crm_account_id"}.get(
+                object_type, "crm_contact_id")  # a person account's contact id is read back (_person_contacts)
             update = {key: crm_id, "crm_last_sync_at": now}
             if item["payload"].get("OwnerId"):
                 update["crm_owner_id"] = item["payload"]["OwnerId"]

@@ -50,6 +50,7 @@ from loopline.campaigns.models import CampaignMember, Opportunity, OpportunityCo
 from loopline.platform.queues import backoff_delay, claim_due
 from loopline.prospects.models import Prospect
 
+from .. import sharing
 from ..engine import RunCounters
 from ..engine.capture import Watermark, build_soql, record_key
 from ..engine.errors import ErrorCategory, classify
@@ -190,7 +191,8 @@ class Riders:
         from urllib.parse import quote
 
         _, wm = self.marks[object_type]
-        soql = build_soql(object_type, FIELDS[object_type], wm.since(OVERLAP))
+        soql = build_soql(object_type, sharing.related_fields(self.ctx, object_type, FIELDS[object_type]),
+                          wm.since(OVERLAP))
         return {
             "method": "GET",
             "url": f"/services/data/v{self.ctx.api_version}/queryAll?q={quote(soql, safe='')}",
@@ -357,6 +359,7 @@ def _apply_opportunities(ctx: SyncContext, records: list[dict], counters: RunCou
     bu_id = ctx.connector.bu_id
     live = [r for r in records if not r.get("IsDeleted")]
     _skip(counters, "deleted_in_crm", len(records) - len(live))
+    live = sharing.visible_opportunities(ctx, live, counters)  # [R35]
     ids = {str(r["Id"]) for r in live}
     known = set(Opportunity.objects.filter(bu_id=bu_id, crm_id__in=ids).values_list("crm_id", flat=True))
     unknown = ids - known
@@ -409,9 +412,10 @@ def _apply_contact_roles(ctx: SyncContext, records: list[dict], counters: RunCou
     _skip(counters, "no_synced_contact", len(live) - len(keep))
     missing = {str(r["OpportunityId"]) for r in keep} - set(mirrored)
     if missing:  # the deal did not change since the watermark: read it now
-        fields = ", ".join(FIELDS["Opportunity"])
+        fields = ", ".join(sharing.related_fields(ctx, "Opportunity", FIELDS["Opportunity"]))
         found = _queries(ctx, _in_chunks("Opportunity", fields, "Id", missing, "opps"))
-        opps = [r for rows in found.values() for r in rows if not r.get("IsDeleted")]
+        opps = sharing.visible_opportunities(
+            ctx, [r for rows in found.values() for r in rows if not r.get("IsDeleted")], counters)
         if opps:
             campaign_services.upsert_opportunities(bu, opps)
             counters.created += len(opps)

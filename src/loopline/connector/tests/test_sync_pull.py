@@ -151,3 +151,53 @@ def test_crm_side_equals_the_engine_on_any_values():  # [R24] the fast path hash
             assert baseline == agreed_baseline(record.values, mappings, "Lead", crm_side=True)
 
     check()
+
+
+def test_our_own_writes_filling_the_overlap_are_counted_not_read_again(connector, crm, unique, monkeypatch):  # [R22]
+    """After a burst of the connector user's writes, polls count those records in the overlap window instead of paging
+    through them again; a record that commits late into the window (its SystemModstamp older than what the poll
+    already read) still arrives, whoever wrote it."""
+    from loopline.connector.engine import capture
+    from loopline.connector.sync import pull
+    from loopline.connector.sync.context import SyncContext
+
+    as_connector_user = SyncContext.load(connector).client
+
+    def create_as_connector_user(i: int) -> str:
+        body = {"LastName": f"Counted{i}", "Company": "Acme", "Email": f"counted{i}.{unique}@example.test"}
+        return as_connector_user.restful("sobjects/Lead", method="POST", json=body)["id"]
+
+    ids = [create_as_connector_user(i) for i in range(4)]
+    pull.poll(connector)
+    assert Prospect.objects.filter(bu=connector.bu, crm_lead_id__in=ids).count() == 4
+    _, wm = pull.load_watermark(connector, "Lead")
+    assert {i.lower() for i in ids} <= {rid for rid, _ in wm.own}  # remembered as the connector user's writes
+    reread = pull.poll(connector)
+    assert reread.skipped["already_seen"] >= 3  # below the threshold the window is read again
+
+    monkeypatch.setattr(capture, "RECOUNT_ABOVE", 2)
+    counted = pull.poll(connector)
+    # Our records are no longer read (bar one stamped at the watermark itself); other users' still are.
+    assert counted.skipped["already_seen"] <= reread.skipped["already_seen"] - 3
+
+    # A record edited since moves out of the window: the count still matches, nothing is read again.
+    crm.update("Lead", ids[1], Title="Moved")
+    moved = pull.poll(connector)
+    assert Prospect.objects.get(bu=connector.bu, crm_lead_id=ids[1]).job_title == "Moved"
+    assert moved.skipped["already_seen"] <= reread.skipped["already_seen"] - 3
+
+    # Late commits: stamps inside the window the last poll already read past. Another user's edit is read with the
+    # window's other records; a new record of the connector user's changes the count, so those are read again.
+    from loopline.connector.engine.model import parse_datetime
+
+    _, wm = pull.load_watermark(connector, "Lead")
+    read_before = parse_datetime(crm.get("Lead", ids[2])["SystemModstamp"])
+    crm.update("Lead", ids[2], Title="Late")
+    edited = parse_datetime(crm.get("Lead", ids[2])["SystemModstamp"])
+    back_to = read_before + (wm.modstamp - read_before) / 2  # after the state we read, before the watermark
+    crm.request("POST", "/_sandbox/late-commit", json={"id": ids[2], "seconds": (edited - back_to).total_seconds()})
+    late_own = create_as_connector_user(9)
+    crm.request("POST", "/_sandbox/late-commit", json={"id": late_own, "seconds": 30})
+    pull.poll(connector)
+    assert Prospect.objects.get(bu=connector.bu, crm_lead_id=ids[2]).job_title == "Late"
+    assert Prospect.objects.filter(bu=connector.bu, crm_lead_id=late_own).exists()

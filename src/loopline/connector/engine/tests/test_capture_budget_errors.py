@@ -277,3 +277,37 @@ def test_counters_merge_and_round_trip():
     assert (a.fetched, a.created, a.updated, a.failed) == (3, 1, 1, 1)
     assert "failed 1 (1 STRING_TOO_LONG)" in a.summary() and not a.did_nothing
     assert RunCounters.from_dict(a.as_dict()) == a
+
+
+def test_overlap_count_expects_our_latest_reads_in_the_window_less_those_read_again():  # [R22]
+    from loopline.connector.engine.capture import overlap_count, record_key
+
+    me, other = "005000000000002AAA", "005000000000001AAA"
+    t0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+
+    def rid(i: int) -> str:
+        return f"00Q00000000000{i}AAA"
+
+    def read(i: int, seconds: int, by: str = me):
+        return (rid(i), t0 + timedelta(seconds=seconds), by)
+
+    reads = [read(1, 1), read(2, 2), read(3, 3), read(4, 4), read(6, 4, other), read(1, 3, other), read(5, 5)]
+    keys = {record_key(i, m) for i, m, _ in reads}
+    own = {record_key(i, m) for i, m, by in reads if by == me}
+    wm = Watermark("Lead", t0 + timedelta(seconds=5), frozenset(keys), None, frozenset(own))
+    assert overlap_count(wm, me, timedelta(seconds=60), threshold=10) is None  # few records: read the window again
+    assert overlap_count(wm, "", timedelta(seconds=60), threshold=1) is None  # connector user unknown
+    check = overlap_count(wm, me, timedelta(seconds=60), threshold=1)
+    assert check is not None and check.until == t0 + timedelta(seconds=5)
+    assert "SELECT COUNT() FROM Lead WHERE SystemModstamp >= " in check.count_soql()
+    assert f"LastModifiedById = '{me}'" in check.count_soql()
+    # Ours in [since, until): 2, 3, 4 — not 1 (last read as another user's), not 5 (at the watermark: read again),
+    # not 6 (another user's).
+    assert check.expected == {rid(i).lower() for i in (2, 3, 4)}
+    assert check.complete(3, [])
+    assert not check.complete(4, [])  # a late commit of ours
+    assert check.complete(2, [rid(2)])  # 2 was written again since (read by this poll): it left the count
+    assert not check.complete(3, [rid(2)])  # ... and one late commit
+    assert not check.complete(2, [])  # fewer than expected (e.g. purged): read again to be safe
+    # The own flags survive the row's JSON round trip.
+    assert Watermark.from_json(wm.to_json()).own == wm.own
