@@ -13,6 +13,9 @@ What this module does:
 * :func:`screen` — the pull's filter: records the BU does not see are neither created nor linked, a linked record that
   stops matching sends its prospect to the recycle bin, and it comes back when it matches again ([R35], [R36]); a
   record another BU on the org already syncs is left alone ([R34]);
+* :func:`screen_candidates` — the push's filter: a record found by email that the BU does not see, or that another BU
+  on the org already syncs, does not exist for the push (never linked, never written); a linked record that visibly
+  stops matching is not written to ([R34], [R35]);
 * :func:`hidden_prospect_ids` — prospects whose CRM record, as last pulled, is not shared with their BU (emails, [R36]).
 
 The state "not shared" is the prospect's timeline: the last of the ``crm_not_shared`` / ``crm_shared_again`` events.
@@ -281,6 +284,43 @@ def screen(ctx: SyncContext, records: Sequence[CrmRecord], counters: RunCounters
     if hide or show:
         _apply_visibility(hide, show)
     return keep
+
+
+def screen_candidates(ctx: SyncContext, snaps: Sequence[Any], candidates: Mapping[Any, list[CrmRecord]]
+                      ) -> tuple[dict[Any, list[CrmRecord]], set[Any]]:
+    """The push's filter ([R34], [R35]): per prospect id, the candidate records the push may match and write to, and
+    the prospects whose own linked record visibly does not match the rule (write nothing to it).
+
+    A record found *by email* must be visible and not synced by another BU on the org; otherwise it is dropped, as if it
+    did not exist: the creation rules then apply, and the new record is created by the connector user, so it matches
+    this BU by default. A linked record read without the rule field (person accounts) is kept, like the pull keeps it.
+    """
+    rules = rules_from_settings(ctx.raw_settings)
+    others = [c.pk for c in org_connectors(ctx.connector)] if candidates else []
+    if not rules and not others:
+        return dict(candidates), set()
+    cuid = ctx.settings.connector_user_id
+    by_pid = {s.id: s for s in snaps}
+    found = [(s, r) for pid, records in candidates.items() if (s := by_pid.get(pid)) is not None for r in records]
+    taken: set[str] = set()
+    if others:
+        by_email = {r.id for s, r in found if not s.links_to(r)}
+        taken = {id18(i).lower() for i in CrmLink.objects.filter(
+            connector_id__in=others, crm_id__in=_forms(by_email)).values_list("crm_id", flat=True)}
+    out: dict[Any, list[CrmRecord]] = {pid: [] for pid in candidates}
+    dropped: set[Any] = set()
+    for snap, record in found:
+        seen = visibility(record, rules, cuid)
+        if snap.links_to(record):
+            if seen is False:
+                dropped.add(snap.id)
+            else:
+                out[snap.id].append(record)
+        elif seen is True and id18(record.id).lower() not in taken:
+            out[snap.id].append(record)
+    # Hidden only when no linked record is left (a person account read without the rule field still counts).
+    hidden = {pid for pid in dropped if not any(by_pid[pid].links_to(r) for r in out[pid])}
+    return out, hidden
 
 
 def _with_rule_values(ctx: SyncContext, records: Sequence[CrmRecord], rules: Mapping[str, SharingRule]

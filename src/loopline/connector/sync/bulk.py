@@ -432,6 +432,7 @@ def _apply_page(
                 after_chunk(cp)
         run_counters.merge(counters)
         ctx.forget_precomputed(chunk)
+        pull.LOAD_STATS.added(len(chunk))
 
 
 def _import_object(

@@ -25,6 +25,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from loopline.platform.dbstats import GrowthAnalyzer
 from loopline.prospects import services as prospect_services
 from loopline.prospects.fields import field_specs
 from loopline.prospects.models import Prospect
@@ -67,6 +68,8 @@ from .snapshots import snapshot, split_writes, state_of
 logger = logging.getLogger("loopline.connector.pull")
 
 CHUNK = 2000
+# The import's lookups (by e-mail, by CRM id) need the planner to know how big these tables have grown.
+LOAD_STATS = GrowthAnalyzer(Prospect._meta.db_table, CrmLink._meta.db_table)
 OVERLAP = dt.timedelta(seconds=60)
 COUNT_REF = "count_"  # composite referenceId prefix of an overlap count
 FROM_CRM = SyncError.Direction.FROM_CRM
@@ -598,6 +601,7 @@ def initial_import(connector: Connector, job=None, *, client=None, objects: Sequ
                             wm = Watermark(object_type, newest.system_modstamp, wm.recent_keys, wm.settled, wm.own)
                         save_watermark(row, wm)
                 ctx.forget_precomputed(parsed)
+                LOAD_STATS.added(len(parsed))
                 if job is not None:
                     done = counters.created + counters.updated + counters.unchanged + counters.skipped_total
                     platform_tasks.advance(job, done - before, failed=counters.failed - failed_before)

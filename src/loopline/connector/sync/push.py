@@ -19,6 +19,10 @@ the re-run and linked instead of created again (then only email-less prospects s
 window — docs/connector.md tells admins to add the field). Two drains never work on one prospect at once: a drain
 drops prospects with another entry under lease.
 
+Marketing data sharing ([R34], [R35]): the candidate queries select the BU's rule field, and
+:func:`sharing.screen_candidates` drops the records the BU does not see or another BU on the org syncs: for the push
+they do not exist, so an unlinked prospect is created anew (by the connector user, hence visible) or skipped.
+
 Bulk API 2.0 ([R23]): when more entries are due than the ``bulk_threshold`` setting, :func:`drain` claims up to
 ``bulk.PUSH_ROWS`` of them, plans them exactly as above, and :func:`bulk.push_jobs` writes updates and (external-id)
 creates through ingest jobs; their results go through the same :func:`_outcome` bookkeeping. Entries stay leased
@@ -43,6 +47,7 @@ from loopline.platform.queues import backoff_delay, claim_due
 from loopline.prospects import services as prospect_services
 from loopline.prospects.models import Prospect
 
+from .. import sharing
 from ..engine import (
     BatchLimits,
     CrmRecord,
@@ -168,7 +173,8 @@ def fetch_candidates(ctx: SyncContext, snaps: Sequence) -> dict[Any, list[CrmRec
             emails.add(s.email)
 
     def soql(object_type: str, key: str, values: list[str]) -> str:
-        fields = ", ".join(select_fields(object_type, ctx.mappings))
+        # The rule field too: the push must judge candidates by this BU's sharing rule ([R35]).
+        fields = ", ".join(select_fields(object_type, ctx.mappings, sharing.query_fields(ctx, object_type)))
         where = [*ctx.soql_filter(object_type), f"{key} IN ({_soql_list(values)})"]
         if object_type == CrmObject.PERSON_ACCOUNT:
             where.insert(0, "IsPersonAccount = true")
@@ -380,7 +386,8 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
                            use_assignment_rule=pid in by_rule)
              for pid, p in prospects.items()}
     gated = [s for s in snaps.values() if not (s.do_not_sync or s.crm_deleted or s.is_deleted)]
-    candidates = fetch_candidates(ctx, gated) if gated else {}
+    # [R34], [R35] records this BU does not see (or another BU syncs) are neither matched nor written to.
+    candidates, not_shared = sharing.screen_candidates(ctx, gated, fetch_candidates(ctx, gated) if gated else {})
     links = {id18(link.crm_id).lower(): link for link in CrmLink.objects.filter(
         connector=connector, prospect_id__in=list(snaps))}
     items: list[OutboxItem] = []
@@ -389,6 +396,11 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
     now = timezone.now()
     for pid, snap in snaps.items():
         entries = claimed[pid]
+        if pid in not_shared:  # its linked record stopped matching: the pull recycles the prospect ([R36])
+            counters.skip(SkipReason.NOT_VISIBLE)
+            SYNCED_RECORDS.labels("to_crm", "skipped").inc()
+            _done(entries)
+            continue
         decision = plan_prospect_push(snap, candidates.get(pid, []), ctx.settings)
         if decision.action is PushAction.SKIP:
             if decision.skip_reason is SkipReason.ALREADY_LINKED and max(e.attempts for e in entries) < 5:

@@ -219,6 +219,79 @@ def test_records_created_by_the_connector_user_match_and_sync_in_one_bu_only(
     assert _skipped(b).get("already_linked", 0) >= 1
 
 
+def _push_skips(connector: Connector) -> dict:
+    out: dict = {}
+    for counters in SyncRun.objects.filter(connector=connector, kind="push").values_list("counters", flat=True):
+        for reason, n in (counters or {}).get("skipped", {}).items():
+            out[reason] = out.get(reason, 0) + n
+    return out
+
+
+def test_push_does_not_match_or_write_a_record_the_bu_does_not_see(
+    two_bus, crm, bu, other_bu, other_admin_access, unique
+):  # [R35] invisible to B: not linked, not written; B's own record is created instead
+    a, b = two_bus
+    email = f"only.a.{unique}@example.test"
+    lead_a = _lead(crm, email, LastName="Anders", Title="Original", Description="Unit A")
+    sync(a)
+    p_a = Prospect.objects.get(bu=bu, crm_lead_id=lead_a)
+    p_b = prospects.create_prospect(other_bu, {"email": email, "last_name": "Bee", "job_title": "Set in B"})
+    drain_all(b)  # unassigned: syncs only with a match, and A's lead is no match for B ([R11])
+    p_b.refresh_from_db()
+    assert not p_b.crm_id and not CrmLink.objects.filter(connector=b).filter(crm_id=lead_a).exists()
+    assert _push_skips(b).get("unassigned") == 1
+    prospects.assign_prospect(p_b, other_admin_access.user)
+    drain_all(b)  # assigned: the creation rules apply as if A's lead did not exist
+    p_b.refresh_from_db()
+    assert p_b.crm_lead_id and p_b.crm_lead_id != lead_a
+    mine = crm.get("Lead", p_b.crm_lead_id)
+    assert mine["Email"] == email and mine["CreatedById"] == b.connector_user_id  # visible to B by its creator
+    assert CrmLink.objects.filter(connector=b, crm_id=p_b.crm_lead_id, prospect=p_b).exists()
+    theirs = crm.get("Lead", lead_a)
+    assert (theirs["LastName"], theirs["Title"], theirs["Description"]) == ("Anders", "Original", "Unit A")
+    # A keeps its record and leaves B's new one alone ([R34]).
+    sync(a)
+    p_a.refresh_from_db()
+    assert p_a.crm_lead_id == lead_a and not p_a.is_deleted
+    assert not CrmLink.objects.filter(connector=a, crm_id=p_b.crm_lead_id).exists()
+    assert _skipped(a).get("already_linked", 0) >= 1
+    # The sandbox is shared by the session: a later single-BU connector must not meet two leads with one email.
+    crm.delete("Lead", p_b.crm_lead_id)
+
+
+def test_push_does_not_match_a_record_another_bu_syncs(
+    two_bus, crm, bu, other_bu, admin_user, unique
+):  # [R34] one BU per record, although B sees it (created by the shared connector user, [R35])
+    a, b = two_bus
+    email = f"taken.{unique}@example.test"
+    p_a = prospects.create_prospect(bu, {"email": email, "last_name": "Anders", "job_title": "Set in A"})
+    prospects.assign_prospect(p_a, admin_user)
+    drain_all(a)
+    p_a.refresh_from_db()
+    lead_id = p_a.crm_lead_id
+    assert lead_id and crm.get("Lead", lead_id)["CreatedById"] == b.connector_user_id
+    p_b = prospects.create_prospect(other_bu, {"email": email, "last_name": "Bee", "job_title": "Set in B"})
+    drain_all(b)
+    p_b.refresh_from_db()
+    assert not p_b.crm_id and not CrmLink.objects.filter(connector=b).exists()
+    assert _push_skips(b).get("unassigned") == 1
+    record = crm.get("Lead", lead_id)
+    assert (record["LastName"], record["Title"]) == ("Anders", "Set in A")
+
+
+def test_push_writes_nothing_to_a_linked_record_that_stopped_matching(two_bus, crm, bu, unique):  # [R35], [R36]
+    a, _ = two_bus
+    lead_id = _lead(crm, f"stopped.{unique}@example.test", Title="Original", Description="Unit A")
+    sync(a)
+    p = Prospect.objects.get(bu=bu, crm_lead_id=lead_id)
+    crm.update("Lead", lead_id, Description="Unit B")
+    prospects.update_prospect(p, {"job_title": "Changed before the poll"})  # pushed before the pull recycles it
+    drain_all(a)
+    assert crm.get("Lead", lead_id)["Title"] == "Original"
+    assert _push_skips(a).get("not_visible") == 1
+    assert CrmLink.objects.filter(connector=a, crm_id=lead_id, prospect=p).exists()
+
+
 def test_email_to_a_prospect_whose_record_is_not_shared_is_skipped_with_the_reason(
     two_bus, crm, bu, make_email, unique
 ):  # [R36]
