@@ -356,8 +356,30 @@ def apply_records(ctx: SyncContext, records: Sequence[CrmRecord], counters: RunC
             SYNC_LATENCY.labels("from_crm").observe(max(0.0, (now - record.system_modstamp).total_seconds()))
     _bump(link_bumps)
     if to_create:
+        to_create, same_email = _one_per_email(ctx, to_create)
         result.update(_create_prospects(ctx, to_create, counters))
+        if same_email:
+            # Several new records with one address ([R9] e-mail matching): the first made the prospect; the others
+            # now meet it like any matching record (the engine decides which one the prospect syncs with).
+            result.update(apply_records(ctx, same_email, counters, explicit=explicit))
     return result
+
+
+def _one_per_email(ctx: SyncContext, records: list[CrmRecord]) -> tuple[list[CrmRecord], list[CrmRecord]]:
+    """With unique e-mail addresses per BU, the first record per address (the rest for after its creation)."""
+    if ctx.connector.bu.allow_duplicate_emails:
+        return records, []
+    first: list[CrmRecord] = []
+    later: list[CrmRecord] = []
+    seen: set[str] = set()
+    for r in records:
+        key = (r.email or "").strip().lower()
+        if key and key in seen:
+            later.append(r)
+        else:
+            seen.add(key)
+            first.append(r)
+    return first, later
 
 
 def _bump(link_bumps: list[CrmLink]) -> None:

@@ -201,3 +201,19 @@ def test_our_own_writes_filling_the_overlap_are_counted_not_read_again(connector
     pull.poll(connector)
     assert Prospect.objects.get(bu=connector.bu, crm_lead_id=ids[2]).job_title == "Late"
     assert Prospect.objects.filter(bu=connector.bu, crm_lead_id=late_own).exists()
+
+
+def test_two_new_records_with_one_address_make_one_prospect_without_an_error(connector, crm, unique):  # [R9]
+    from loopline.connector.models import SyncError
+
+    email = f"twice.{unique}@example.test"
+    first = crm.create("Lead", LastName="Twice", Company="Acme", Email=email)
+    second = crm.create("Lead", LastName="Twice", Company="Acme", Email=email.upper())
+    try:
+        counters = sync(connector)
+        assert Prospect.objects.filter(bu=connector.bu, email=email).count() == 1
+        prospect = Prospect.objects.get(bu=connector.bu, email=email)
+        assert prospect.crm_lead_id in (first, second)
+        assert not SyncError.objects.filter(connector=connector, crm_id__in=[first, second]).exists(), counters
+    finally:
+        crm.delete("Lead", second)  # leave no duplicate address behind in the shared sandbox
