@@ -1,4 +1,4 @@
-"""Correctness rounds shared by bench/connector_sync.py and bench/connector_chaos.py ([R25]).
+"""Correctness rounds shared by bench/connector_sync.py and bench/connector_chaos.py --rounds ([R25]).
 
 Each round changes ``m`` records on both sides at once — new assigned prospects to create in the CRM (one in ten
 without an email: the external-id guard's case) and CRM leads edited with a marker title — lets the sync worker

@@ -1,105 +1,84 @@
-"""CRM connector chaos run: duplicates and lost records under crashes and a misbehaving CRM ([R25], [R26]).
+"""CRM connector chaos run (issue #5 item 7; [R9]–[R33], [R25]–[R27]).
 
-    python bench/connector_chaos.py [--records 2000] [--kills 3] [--database-url URL] [--latency-ms 50]
+    python bench/connector_chaos.py --edits N --fault-rate 0.05 --kills K [--database-url URL] [--latency-ms 100]
 
-Starts a crmsandbox (seeded with ``--records`` leads) and a throw-away database, imports the leads, resumes the
-connector, then runs rounds of ``--records`` changes each way (new assigned prospects to create in the CRM, one in
-ten without an email; CRM leads edited with a marker) — see bench/_connector_checks.py:
+Starts a crmsandbox (seeded with leads, contacts and CRM users) and a throw-away database, imports the CRM, resumes
+the connector and runs the sync worker as a subprocess. Then N random operations on both sides run concurrently
+(field, email, owner and opt-out edits, CRM deletes/undeletes, merges, lead conversions, new records on both sides,
+values the CRM rejects) while the sandbox fails ``--fault-rate`` of the API calls (UNABLE_TO_LOCK_ROW, 503, dropped
+connections, lost answers), answers REQUEST_LIMIT_EXCEEDED for a few seconds once, and the worker is killed with
+SIGKILL ``--kills`` times. After quiescence every record is checked against what the sync rules say it must be —
+see bench/_chaos.py.
 
-1. ``--kills`` rounds with the worker subprocess killed by SIGKILL at 20%, 50%, 80%, ... of the round, restarted;
-2. a round with 5% ``UNABLE_TO_LOCK_ROW``, 5% ``SERVER_UNAVAILABLE`` (503), 2% ``DROP`` and 3% ``LOST_RESPONSE``
-   (processed, answer lost) injected on every API call;
-3. the last round's batch re-queued and re-drained, and the initial import re-run.
+``--rounds M`` also runs the older correctness rounds afterwards (M new prospects and M CRM edits each: a SIGKILL
+round, a faults round and a re-run of the same batch; bench/_connector_checks.py).
 
-The last line on stdout is one JSON object; its closing keys: ``records, rounds, converged, duplicates, lost``.
+The last line on stdout is one JSON object; its closing keys:
+``edits, seconds, mismatches, duplicates, lost, errors_in_queue, converge_s``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from _common import bench_environment, log, print_figures, start_crm_sandbox
+from _common import bench_environment, log, print_figures
 
-FAULTS = {"UNABLE_TO_LOCK_ROW": 0.05, "SERVER_UNAVAILABLE": 0.05, "DROP": 0.02, "LOST_RESPONSE": 0.03}
+CLOSING = ("edits", "seconds", "mismatches", "duplicates", "lost", "errors_in_queue", "converge_s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--edits", type=int, default=10_000)
+    parser.add_argument("--fault-rate", type=float, default=0.05)
     parser.add_argument("--kills", type=int, default=3)
-    parser.add_argument("--latency-ms", type=float, default=50)
+    parser.add_argument("--latency-ms", type=float, default=100)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=4, help="concurrent editors")
+    parser.add_argument("--leads", type=int, default=None, help="seeded CRM leads (default: edits / 4, ≥ 200)")
+    parser.add_argument("--contacts", type=int, default=None, help="seeded CRM contacts (default: edits / 10, ≥ 50)")
+    parser.add_argument("--settle-timeout", type=float, default=240, help="seconds to wait for quiescence")
+    parser.add_argument("--rounds", type=int, default=0, help="also run the older correctness rounds of M records")
     args = parser.parse_args()
 
-    crm = start_crm_sandbox(leads=args.records)
-    result: dict = {}
+    import _chaos
+
+    leads = args.leads if args.leads is not None else max(200, args.edits // 4)
+    contacts = args.contacts if args.contacts is not None else max(50, args.edits // 10)
+    log(f"starting crmsandbox with {leads} leads and {contacts} contacts")
+    crm = _chaos.start_sandbox(leads=leads, contacts=contacts)
+    result: dict = {"leads": leads, "contacts": contacts, "fault_rate": args.fault_rate,
+                    "latency_ms": args.latency_ms}
     try:
         with bench_environment(args.database_url, prefix="bench-chaos") as vendor:
             result["database"] = vendor
-            result.update(run(crm, args))
+            after = (lambda bu, user, connector: {"rounds": old_rounds(bu, user, connector, crm, args.rounds)}) \
+                if args.rounds else None
+            result.update(_chaos.run_chaos(crm, edits=args.edits, fault_rate=args.fault_rate, kills=args.kills,
+                                           latency_ms=args.latency_ms, seed=args.seed, threads=args.threads,
+                                           settle_timeout=args.settle_timeout,
+                                           after=after))
     finally:
         crm.stop()
-    closing = ("records", "rounds", "converged", "duplicates", "lost")
-    print_figures(result, closing)
+    print_figures(result, CLOSING)
 
 
-def run(crm, args) -> dict:
+def old_rounds(bu, user, connector, crm, m: int) -> dict:
+    """The #4 rounds: SIGKILL mid-batch, a faults round, the same batch re-run ([R25], [R26])."""
     import _connector_checks as checks
 
-    from loopline.accounts import services as accounts
-    from loopline.accounts.access import Access
-    from loopline.connector import keys, services
-    from loopline.connector.sync import pull
-    from loopline.platform import crypto
-
-    bu = accounts.create_business_unit("Chaos", postal_address="1 Chaos St")
-    user = accounts.create_user(f"admin-{uuid.uuid4().hex[:6]}@bench.test", password="x" * 20, first_name="Admin")
-    accounts.set_membership(bu, user, "administrator")
-    access = Access.for_user(user, bu)
-    connector = services.create_connector(access)
-    private_pem, cert_pem = keys.generate_key_pair("chaos")
-    consumer_key = crm.add_app("loopline-chaos", cert_pem)
-    connector.private_key, connector.certificate = crypto.encrypt(private_pem), cert_pem
-    connector.save()
-    services.update_connection(access, connector, {"login_url": crm.login_url, "consumer_key": consumer_key,
-                                                   "username": crm.integration_username, "ca_file": crm.ca_file})
-    ok, message = services.verify_connection(access, connector)
-    assert ok, message
-    connector.refresh_from_db()
-    crm.faults(latency_ms=args.latency_ms, jitter_ms=args.latency_ms / 5, seed=3)
-    log("initial import")
-    pull.initial_import(connector)
-    services.resume(access, connector)
-    connector.refresh_from_db()
-
-    m = args.records
-    rounds: list[dict] = []
-    started = time.perf_counter()
-    for i in range(args.kills):
-        kill_at = min(0.9, 0.2 + 0.3 * i)
-        log(f"round {i + 1}: kill -9 at {kill_at:.0%}")
-        rounds.append({"kind": "kill", **checks.kill_round(bu, user, connector, crm, m, kill_at=kill_at)})
-    log("faults round: " + ", ".join(f"{k} {v:.0%}" for k, v in FAULTS.items()))
-    faults, batch = checks.fault_round(bu, user, connector, crm, m, rates=FAULTS)
-    rounds.append({"kind": "faults", **faults})
-    log("re-run of the same batch")
+    faults = {"UNABLE_TO_LOCK_ROW": 0.05, "SERVER_UNAVAILABLE": 0.05, "DROP": 0.02, "LOST_RESPONSE": 0.03}
+    rounds = [{"kind": "kill", **checks.kill_round(bu, user, connector, crm, m, kill_at=0.5)}]
+    out, batch = checks.fault_round(bu, user, connector, crm, m, rates=faults)
+    rounds.append({"kind": "faults", **out})
     rounds.append({"kind": "rerun", **checks.rerun_round(connector, crm, batch)})
-    return {
-        "seconds": round(time.perf_counter() - started, 1),
-        "detail": rounds,
-        "records": m,
-        "rounds": len(rounds),
-        "converged": all(r.get("converged") for r in rounds),
-        "duplicates": sum(r["duplicates"] for r in rounds),
-        "lost": sum(r["lost"] for r in rounds),
-    }
+    return {"detail": rounds, "duplicates": sum(r["duplicates"] for r in rounds),
+            "lost": sum(r["lost"] for r in rounds), "converged": all(r.get("converged") for r in rounds)}
 
 
 if __name__ == "__main__":

@@ -152,10 +152,12 @@ def update_prospect(
     cleaned = clean_prospect_data(bu, data, partial=True)
     if "email" in cleaned and not cleaned["email"] and prospect.email:
         raise ProspectValidationError({"email": ["Email cannot be removed from a prospect"]})
-    # Lock the row so two writers never lose each other's changes.
+    # Lock the row so two writers never lose each other's changes: start from the committed row, not from the
+    # caller's instance, which may predate another writer's commit (save() writes every column back).
     locked = Prospect.objects.select_for_update().get(pk=prospect.pk)
-    for attr in ("custom", "field_changed_at"):
-        setattr(prospect, attr, getattr(locked, attr))
+    for f in Prospect._meta.concrete_fields:
+        if not f.primary_key:
+            setattr(prospect, f.attname, getattr(locked, f.attname))
     now = timezone.now()
     changed = _apply(prospect, cleaned, now, changed_at)
     for name, value in (extra or {}).items():
