@@ -62,6 +62,7 @@ def follow_conversion(
     extra: dict[str, Any] = {k: v for k, v in link.items() if v}
     extra["crm_last_sync_at"] = timezone.now()
     prospect_services.update_prospect(prospect, {}, source="crm", extra=extra)  # crm_lead_id stays: history
+    _inherit_sync_state(ctx, prospect, lead_id=record.id, contact_id=contact_id)
     prospect_services.record_activity(
         prospect.bu_id,
         ActivityType.CRM_SYNC,
@@ -78,3 +79,18 @@ def follow_conversion(
     # (push reads the contact in its batched candidate query; a new contact coming in the same poll is a no-op).
     requeue(ctx.connector.pk, prospect.pk, "conversion")
     return prospect
+
+
+def _inherit_sync_state(ctx: SyncContext, prospect: Prospect, *, lead_id: str, contact_id: str) -> None:
+    """The contact starts from what the lead last agreed on with the prospect: conversion copies the lead's values
+    into the contact, so a field changed in Loopline since then is Loopline's change, not a conflict the contact's
+    old value would win ([R16], [R17])."""
+    from ..models import CrmLink
+
+    lead_link = CrmLink.objects.filter(connector=ctx.connector, crm_id=lead_id).first()
+    if lead_link is None or not lead_link.baseline:
+        return
+    CrmLink.objects.get_or_create(
+        connector=ctx.connector, crm_id=contact_id,
+        defaults={"prospect": prospect, "crm_object": "Contact", "baseline": lead_link.baseline,
+                  "last_synced_at": timezone.now()})

@@ -74,6 +74,23 @@ def test_change_made_before_the_pull_sees_the_conversion_reaches_the_contact(
     assert _lead_changes(crm, after_conversion, lead_id) == []
 
 
+def test_loopline_edits_made_around_the_conversion_win_over_the_contacts_copied_values(
+    connector, crm, bu, unique
+):  # [R13], [R17]: the contact inherits the lead's sync state, so only Loopline changed those fields
+    email = f"inherit.{unique}@example.test"
+    lead_id = crm.create("Lead", FirstName="Guido", LastName="Inherit", Company="Co", Email=email)
+    sync(connector)
+    p = Prospect.objects.get(bu=bu, email=email)
+    converted = _convert(crm, lead_id)
+    prospects.update_prospect(p, {"first_name": "Changed", "opted_out": True})
+    crm.update("Contact", converted["contactId"], Title="Edited in the CRM")  # an unrelated CRM change
+    sync(connector, rounds=2)
+    p.refresh_from_db()
+    contact = crm.get("Contact", converted["contactId"])
+    assert (p.first_name, p.opted_out, p.job_title) == ("Changed", True, "Edited in the CRM")
+    assert (contact["FirstName"], contact["HasOptedOutOfEmail"]) == ("Changed", True)
+
+
 def test_conversion_into_a_contact_with_its_own_prospect_merges_them(
     connector, crm, bu, unique
 ):  # [R13], [R32]
