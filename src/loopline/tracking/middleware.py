@@ -9,7 +9,7 @@ headers, HTTPS redirect, request id and metrics.
 
 from __future__ import annotations
 
-from . import views_public
+from . import capture, views_public
 
 
 class TrackingHitFastPath:
@@ -22,7 +22,12 @@ class TrackingHitFastPath:
         if path.startswith("/t/") and path.endswith("/hit"):
             key = path[3:-4]
             if key and "/" not in key:
-                response = views_public.hit(request, key)
+                # Announced to the group-commit writer: a commit about to start waits briefly for this request's rows.
+                capture.writer.arrive()
+                try:
+                    response = views_public.hit(request, key)
+                finally:
+                    capture.writer.depart()
                 # CommonMiddleware's job on the normal path: keep-alive clients need the length.
                 response["Content-Length"] = str(len(response.content))
                 return response

@@ -56,11 +56,11 @@ _serial = itertools.count()
 
 
 class SpoolWriter:
-    """This process's spool file. Used from the single hit-writer thread only."""
+    """One commit slot's spool file in this process. Used by one committing thread at a time (the slot's holder)."""
 
     def __init__(self, *, fsync: bool = True):
         self.pid = os.getpid()
-        # Several writer threads per process may open their files in the same millisecond.
+        # Several commit slots per process may open their files in the same millisecond.
         self.path = spool_dir() / f"hits-{self.pid}-{int(time.time() * 1000)}-{next(_serial)}.sqlite3"
         self._lock_fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -3,12 +3,14 @@ return the image anyway), floods are rate limited, and nothing here answers 500 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import mimetypes
 import os
 
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.db import DatabaseError
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
@@ -32,12 +34,17 @@ def _client_ip(request) -> str:
     return request.META.get("REMOTE_ADDR") or ""
 
 
+@functools.cache
 def _rate(name: str, default: float) -> float:
-    """A rate limit from settings, else the environment (LOOPLINE_<NAME>), else the default."""
+    """A rate limit from settings, else the environment (LOOPLINE_<NAME>), else the default. Read once (a missing
+    setting costs an exception on every lookup); tests that override settings get it re-read."""
     value = getattr(settings, name, None)
     if value is None:
         value = os.environ.get(f"LOOPLINE_{name}") or default
     return float(value)
+
+
+setting_changed.connect(lambda **kwargs: _rate.cache_clear(), weak=False, dispatch_uid="loopline.tracking.rates")
 
 
 def _cors(response, request, config) -> HttpResponse:

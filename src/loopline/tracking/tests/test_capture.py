@@ -142,3 +142,22 @@ def test_hits_take_the_fast_path_but_keep_security_headers_and_request_id(client
     assert "sessionid" not in r.cookies and "csrftoken" not in r.cookies
     # A key with a slash is not a hit URL: the normal stack answers it (404 from the URLconf).
     assert client.post("/t/a/b/hit", data="{}", content_type="text/plain").status_code == 404
+
+
+def test_odd_but_valid_json_is_accepted_and_ingests(client, tracker, bu):
+    # [M2] bad input never 500/503: a lone surrogate escape, a 400-digit timestamp and a 70-bit campaign id are read
+    # by the fallback parser; the hit is kept (the odd fields dropped or replaced) and ingests cleanly.
+    vid = uuid.uuid4().hex
+    body = ('{"visitor": "' + vid + '", "hits": [{"url": "https://acme.test/x", "title": "a\\ud800b", '
+            '"ts": 1' + "0" * 400 + ', "campaign": ' + str(2**70) + "}]}")
+    r = post(client, tracker.key, body)
+    assert r.status_code == 200 and r.json() == {"accepted": 1, "rejected": 0}
+    assert ingest_all().activities == 2
+    view = Activity.objects.get(bu=bu, type=ActivityType.PAGE_VIEW)
+    assert view.title == "a?b" and view.campaign_id is None
+
+
+def test_unhashable_hit_type_is_rejected_not_a_server_error(client, tracker):
+    r = post(client, tracker.key, {"visitor": uuid.uuid4().hex, "hits": [{"type": [], "url": "https://a.test/"},
+                                                                         {"url": "https://a.test/"}]})
+    assert r.status_code == 200 and r.json() == {"accepted": 1, "rejected": 1}

@@ -115,3 +115,88 @@ def test_the_next_batch_commits_while_the_previous_one_waits_for_its_fsync(spool
     assert overlapped == [True]
     assert len(set(calls)) == 2  # each writer has its own spool file
     assert sorted(_stored(spool_writer)) == [f"{0:032x}", f"{1:032x}"]
+
+
+def test_a_lone_request_commits_on_its_own_thread(spool_writer):
+    # Leader/follower: no writer thread, so a request alone pays no thread hand-off for its commit.
+    threads: list[int] = []
+    original = spool.SpoolWriter.append
+
+    def recording(self, rows):
+        threads.append(threading.get_ident())
+        original(self, rows)
+
+    spool.SpoolWriter.append = recording
+    try:
+        spool_writer.write([_row(0)])
+    finally:
+        spool.SpoolWriter.append = original
+    assert threads == [threading.get_ident()]
+    assert _stored(spool_writer) == [f"{0:032x}"]
+
+
+def test_a_commit_waits_for_announced_requests_and_shares_their_fsync(spool_writer, settings):
+    settings.TRACKING_COMMIT_DELAY_MS = 1000
+    commits: list[int] = []
+    original = spool.SpoolWriter.append
+
+    def counting(self, rows):
+        commits.append(len(rows))
+        original(self, rows)
+
+    announced = threading.Event()
+
+    def other_request():
+        spool_writer.arrive()  # entered the fast path; its rows come a moment later
+        announced.set()
+        time.sleep(0.1)
+        spool_writer.write([_row(1)])
+        spool_writer.depart()
+
+    spool.SpoolWriter.append = counting
+    try:
+        other = threading.Thread(target=other_request)
+        other.start()
+        announced.wait(5)
+        started = time.monotonic()
+        spool_writer.write([_row(0)])
+        other.join()
+    finally:
+        spool.SpoolWriter.append = original
+    assert commits == [2]  # one fsync for both requests
+    assert time.monotonic() - started < 0.9  # it waited for the request, not for the whole delay
+    assert sorted(_stored(spool_writer)) == [f"{0:032x}", f"{1:032x}"]
+
+
+def test_a_request_that_writes_nothing_does_not_hold_up_the_commit(spool_writer, settings):
+    settings.TRACKING_COMMIT_DELAY_MS = 1000
+
+    def rejected_request():
+        spool_writer.arrive()
+        time.sleep(0.1)
+        spool_writer.depart()  # e.g. answered 400: no rows
+
+    other = threading.Thread(target=rejected_request)
+    other.start()
+    time.sleep(0.02)
+    started = time.monotonic()
+    spool_writer.write([_row(0)])
+    assert time.monotonic() - started < 0.9
+    other.join()
+    assert _stored(spool_writer) == [f"{0:032x}"]
+    # Nothing announced any more: the next commit does not wait at all.
+    started = time.monotonic()
+    spool_writer.write([_row(1)])
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.django_db
+def test_without_spool_files_the_leader_writes_the_staging_table(settings):
+    # Scale mode (PostgreSQL) and TRACKING_SPOOL=db: the committing request uses its own database connection.
+    from loopline.tracking.models import TrackingHit
+
+    settings.TRACKING_SPOOL = "db"
+    settings.TRACKING_GROUP_COMMIT = True
+    writer = capture.HitWriter()
+    writer.write([_row(7), _row(8)])
+    assert sorted(TrackingHit.objects.values_list("cookie", flat=True)) == [f"{7:032x}", f"{8:032x}"]
