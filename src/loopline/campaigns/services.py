@@ -234,10 +234,25 @@ def on_prospect_changed(event) -> None:
                      mql=wants_mql, sql=wants_sql)
 
 
+INLINE_LIFECYCLE = 200  # larger bulk changes (import pages, CRM pulls) are checked by a background task
+
+
 def on_prospects_bulk_changed(event) -> None:
     if event.source == LIFECYCLE_SOURCE:
         return
-    _check_prospects(event.bu_id, list(event.prospect_ids), created=list(event.created_ids), mql=True, sql=True)
+    ids, created = [int(i) for i in event.prospect_ids], [int(i) for i in event.created_ids]
+    if len(set(ids) | set(created)) <= INLINE_LIFECYCLE:
+        check_lifecycle(event.bu_id, ids, created)
+        return
+    from loopline.platform.tasks import enqueue_on_commit
+
+    from .tasks import check_lifecycle as check_later
+
+    enqueue_on_commit(check_later, event.bu_id, ids, created)
+
+
+def check_lifecycle(bu_id: int, prospect_ids: list[int], created_ids: list[int]) -> None:
+    _check_prospects(bu_id, list(prospect_ids), created=list(created_ids), mql=True, sql=True)
 
 
 def _check_prospects(bu_id: int, ids: list[int], *, created: list[int], mql: bool, sql: bool) -> None:

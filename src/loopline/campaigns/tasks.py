@@ -15,6 +15,14 @@ def refresh_reporting() -> dict[str, int]:
     return services.refresh_all()
 
 
+@loopline_task(retries=3, backoff=10)
+def check_lifecycle(bu_id: int, prospect_ids: list[int], created_ids: list[int]) -> None:
+    """Lifecycle stages (MQL/SQL) of a large bulk change, off the request or load that made it."""
+    from . import services
+
+    services.check_lifecycle(bu_id, prospect_ids, created_ids)
+
+
 @loopline_task(retries=0)
 def send_scheduled_reports() -> int:
     from . import services

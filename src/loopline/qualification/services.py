@@ -532,11 +532,21 @@ def on_prospect_changed(event: events.ProspectChanged) -> None:
         regrade_ids(event.bu_id, [event.prospect_id])
 
 
+INLINE_REGRADE = 200  # larger bulk changes are regraded by a background task
+
+
 def on_prospects_bulk_changed(event: events.ProspectsBulkChanged) -> None:
     if event.source in ("system", "lifecycle"):
         return  # our own rescore/regrade batches; lifecycle stage dates never change a grade
-    if len(event.prospect_ids) <= 2000:
+    if len(event.prospect_ids) <= INLINE_REGRADE:
         regrade_ids(event.bu_id, event.prospect_ids)
+    elif len(event.prospect_ids) <= 2000:
+        # A page of an import or a CRM pull: graded by the worker, so the load itself runs at full speed.
+        from loopline.platform.tasks import enqueue_on_commit
+
+        from .tasks import regrade_prospects
+
+        enqueue_on_commit(regrade_prospects, event.bu_id, [int(i) for i in event.prospect_ids])
     else:
         from loopline.accounts.models import BusinessUnit
 
