@@ -566,6 +566,7 @@ def _run_smtp(
     queue and answers each commit point as soon as it is asked."""
     progress = Progress()
     relaxed = _relax_commit_durability()
+    gather_s = float(setting("LOOPLINE_EMAIL_COMMIT_GATHER_MS", _COMMIT_GATHER_S * 1000)) / 1000
     # The connection threads wake on every SMTP reply; with the default 5 ms GIL switch interval they would queue
     # behind the rendering thread for milliseconds per reply.
     switch_interval = sys.getswitchinterval()
@@ -603,7 +604,7 @@ def _run_smtp(
                 busy = True
                 ready = [e for e in events if not isinstance(e, Result)]
                 if ready and len(ready) < connections // 2:
-                    deadline = time.monotonic() + _COMMIT_GATHER_S
+                    deadline = time.monotonic() + gather_s
                     while len(ready) < connections // 2:
                         left = deadline - time.monotonic()
                         if left <= 0:
