@@ -2,12 +2,14 @@
 form in src/loopline/connector/tests/test_chaos.py.
 
 Setup: a crmsandbox seeded with leads, contacts and a few CRM users, a throw-away database (see bench/_common.py),
-the connector verified, the initial import run and the connector resumed; the sync worker runs as
-``loopline connector worker`` in a subprocess.
+the connector verified, marketing data sharing rules set (``Region__c = "Chaos BU"`` on leads and contacts; most seeded
+records match, the rest must never show up), the initial import run and the connector resumed; the sync worker runs
+as ``loopline connector worker`` in a subprocess.
 
 Then ``edits`` random operations (seeded RNG) run from a thread pool while the worker syncs: field edits on both
 sides, email changes on both sides, CRM owner changes, opt-outs on both sides, CRM delete / undelete, CRM merges,
-lead conversions, new records on both sides, and values the CRM rejects for a validation reason (a first name longer
+lead conversions, MDS flips (the CRM user moves a record out of the BU's sharing rule or back in), new records on
+both sides (some CRM ones outside the rule), and values the CRM rejects for a validation reason (a first name longer
 than the CRM field [R20], a website breaking a CRM validation rule [R26]). One operation at a time per record (a lock
 per record) so the ledger's order is the order the systems saw. Meanwhile the sandbox fails ``fault_rate`` of the API
 calls (UNABLE_TO_LOCK_ROW, 503, DROP, LOST_RESPONSE), opens one REQUEST_LIMIT_EXCEEDED window, and the worker is
@@ -25,7 +27,13 @@ rules require from the ledger of edits:
 * merged → loser's prospect recycled (merged into the winner's), winner's prospect linked and live [R32];
 * converted → the prospect follows the contact, the lead is never written again [R13];
 * rejected values → an open entry in the sync error queue with the CRM's reason, the CRM value unchanged [R20] [R26];
-* new assigned prospects → exactly one CRM lead; new CRM leads → exactly one prospect [R10] [R11] [R25].
+* new assigned prospects → exactly one CRM lead; new CRM leads → exactly one prospect [R10] [R11] [R25];
+* MDS ([R35], [R36]): a record that does not match the rule at the end → its prospect in the recycle bin, still linked,
+  not flagged CRM-deleted, never duplicated or re-created; matching again → restored and in sync. CRM edits made while
+  hidden arrive once it is back; a Loopline edit made while hidden is not written then but is pushed once it is back
+  (docs/connector.md), unless the CRM changed the same field since it left (both changed: either value, sides agree
+  [R16]). New CRM leads and seeded records outside the rule never become prospects. Edits within the sync window of a
+  flip only need both sides to agree.
 
 Edits made after an identity change of their record (delete, undelete, merge, conversion) but within the sync window
 of it (``AMBIGUOUS_S`` widened by the blackouts in between: the connector only learns of the change at its next poll),
@@ -53,6 +61,7 @@ import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +85,25 @@ FIELDS: dict[str, tuple[str, str]] = {
 }
 EDITABLE = ("first_name", "job_title", "phone", "city")
 
-# Operation mix (relative weights). "mds_flip" is reserved for the marketing-data-sharing field flips ([R35]/[R36])
-# being built separately: weight 0 until MDS exists — see ``Scenario.op_mds_flip``.
+# Operation mix (relative weights). "mds_flip": the CRM user changes the field of the BU's marketing data sharing
+# rule, so the record leaves the BU or comes back ([R35], [R36]) — see ``Scenario.op_mds_flip``.
 WEIGHTS: dict[str, float] = {
     "crm_field": 26, "ll_field": 26, "crm_email": 5, "ll_email": 5, "crm_owner": 6, "crm_optout": 5,
     "ll_optout": 5, "crm_delete": 3, "crm_undelete": 2, "crm_merge": 2, "crm_convert": 3, "crm_create": 4,
-    "ll_create": 4, "ll_reject": 2, "mds_flip": 0,
+    "ll_create": 4, "ll_reject": 2, "mds_flip": 3,
 }
+# Operations that may run on a record the BU does not see (at the moment): edits on either side. The others need a
+# shared record (deletes, merges, conversions, rejects have their own rules; mixing them with MDS is out of scope).
+HIDDEN_OK = frozenset({"crm_field", "ll_field", "crm_email", "ll_email", "crm_owner", "crm_optout", "ll_optout",
+                       "mds_flip"})
+
+# The BU's marketing data sharing rule ([R35]): an unmapped custom text field on Lead and Contact (conversion copies
+# custom fields, so a converted lead's contact stays in the BU). Most seeded records match; the rest must never show up.
+RULE_FIELD = "Region__c"
+RULE_VALUE = "Chaos BU"
+OTHER_VALUES = ("Elsewhere", "")  # "" clears the field: not matching either
+REGION = {"name": RULE_FIELD, "type": "string", "length": 80, "label": "Region"}
+UNSHARED_SEED_SHARE = 0.15
 
 
 def fault_mix(rate: float) -> dict[str, float]:
@@ -113,7 +134,7 @@ def start_sandbox(*, leads: int, contacts: int, users: int = 4):
     config["daily_api_limit"] = 5_000_000
     config.setdefault("custom_fields", {})
     for obj in ("Lead", "Contact"):
-        config["custom_fields"][obj] = [*config["custom_fields"].get(obj, []), LOOPLINE_ID]
+        config["custom_fields"][obj] = [*config["custom_fields"].get(obj, []), LOOPLINE_ID, REGION]
     config.setdefault("validation_rules", {})
     config["validation_rules"]["Lead"] = [*config["validation_rules"].get("Lead", []), WEBSITE_RULE]
     path.write_text(json.dumps(config, indent=2))
@@ -244,6 +265,8 @@ class Rec:
     state: str = "alive"  # alive | deleted | merged | rejected
     edits: list[Edit] = field(default_factory=list)
     identity_at: list[float] = field(default_factory=list)  # delete / undelete / merge / conversion times
+    shared: bool = True  # the record matches the BU's sharing rule (as the CRM user last set it)
+    flips: list[tuple[float, bool]] = field(default_factory=list)  # MDS flips: (time, shared afterwards)
     lead_id: str = ""  # the converted lead
     merged_into: int | None = None  # key of the winner
     reject: dict[str, Any] = field(default_factory=dict)
@@ -253,7 +276,7 @@ class Rec:
 
 @dataclass
 class Created:
-    side: str  # crm | ll
+    side: str  # crm | ll | crm_hidden (a CRM lead the BU's rule does not share: no prospect may appear)
     email: str
     last_name: str
     prospect_id: int | None = None
@@ -300,6 +323,7 @@ class Scenario:
         self.last_suspects: dict[str, Rec] = {}
         self.worker_died = ""  # the worker subprocess exited without being killed: its exit code and log tail
         self.worker_log = Path(tempfile.gettempdir()) / f"loopline-chaos-worker-{self.tag}.log"
+        self.unshared_seed: list[tuple[str, str]] = []  # (object, id) of seeded records the rule never shared
 
     # -- setup --
     def load_pool(self) -> None:
@@ -321,15 +345,21 @@ class Scenario:
             self.seq += 1
             return self.seq
 
-    def pick(self, *, obj: str | None = None, states: tuple[str, ...] = ("alive",)) -> Rec | None:
-        """A random record in one of ``states`` whose lock is free (taken: the caller must release it)."""
+    def pick(self, *, obj: str | None = None, states: tuple[str, ...] = ("alive",),
+             shared: bool | None = True) -> Rec | None:
+        """A random record in one of ``states`` (and sharing state, None: either) whose lock is free (taken: the
+        caller must release it)."""
+
+        def fits(rec: Rec) -> bool:
+            return rec.state in states and (not obj or rec.obj == obj) and (shared is None or rec.shared == shared)
+
         for _ in range(50):
             with self.rng_lock:
                 rec = self.rng.choice(self.recs)
-            if rec.state not in states or (obj and rec.obj != obj):
+            if not fits(rec):
                 continue
             if rec.lock.acquire(blocking=False):
-                if rec.state in states and (not obj or rec.obj == obj):
+                if fits(rec):
                     return rec
                 rec.lock.release()
         return None
@@ -410,7 +440,7 @@ class Scenario:
         rec.identity_at.append(time.time())
 
     def op_crm_merge(self, rec: Rec) -> None:
-        other = self.pick(obj=rec.obj)
+        other = self.pick(obj=rec.obj, shared=True)
         if other is None:
             return
         try:
@@ -430,8 +460,11 @@ class Scenario:
     def op_crm_create(self) -> None:
         n = self.next_seq()
         email, last = f"crmnew{n}.{self.tag}@chaos.test", f"CrmNew{n}x{self.tag}"
-        self.api.create_once("Lead", {"LastName": last, "Company": "Chaos", "Email": email}, email)
-        self.created.append(Created("crm", email, last))
+        shared = self.rng_choice(range(5)) != 0  # [R35] a new lead the rule does not share never becomes a prospect
+        region = RULE_VALUE if shared else self.rng_choice(OTHER_VALUES)
+        self.api.create_once("Lead", {"LastName": last, "Company": "Chaos", "Email": email,
+                                      RULE_FIELD: region or None}, email)
+        self.created.append(Created("crm" if shared else "crm_hidden", email, last))
 
     def op_ll_create(self) -> None:
         from loopline.prospects import services as prospects
@@ -458,11 +491,12 @@ class Scenario:
         rec.reject["t"] = self.ll_update(rec, data)
 
     def op_mds_flip(self, rec: Rec) -> None:
-        # MDS FLIP — placeholder for the marketing-data-sharing operation ([R35]/[R36]), built by another helper:
-        # flip the CRM field the BU's MDS rule reads so the record leaves (or re-enters) the BU, and record it in
-        # the ledger as an identity change; the checker then expects the prospect in the recycle bin while it does
-        # not match. Weight 0 in WEIGHTS until MDS exists.
-        raise NotImplementedError("MDS flip: not implemented yet (marketing data sharing is being built)")
+        """The CRM user sets the rule field of a linked record to another value (it leaves the BU: its prospect goes
+        to the recycle bin, [R36]) or back to the rule's value (it comes back, restored)."""
+        value = self.rng_choice(OTHER_VALUES) if rec.shared else RULE_VALUE
+        self.api.update(rec.obj, rec.crm_id, {RULE_FIELD: value or None})
+        rec.shared = not rec.shared
+        rec.flips.append((time.time(), rec.shared))
 
     def rng_choice(self, seq):
         with self.rng_lock:
@@ -484,7 +518,14 @@ class Scenario:
             else:
                 states = ("deleted",) if name == "crm_undelete" else ("alive",)
                 obj = "Lead" if name in ("crm_convert", "crm_merge") else None
-                rec = self.pick(obj=obj, states=states)
+                shared: bool | None = True
+                if name == "mds_flip":  # as many flips back as out, while there are hidden records
+                    shared = self.rng_choice((True, False))
+                elif name in HIDDEN_OK:
+                    shared = None
+                rec = self.pick(obj=obj, states=states, shared=shared)
+                if rec is None and name == "mds_flip":
+                    rec = self.pick(states=states, shared=None)
                 if rec is None:
                     return False
                 try:
@@ -552,10 +593,24 @@ class Scenario:
         self.limit_paused = bool(paused.update(paused_until=None)) or self.limit_paused
         # The worker also waits 60 s in memory after a limit error: fast-forwarded too, by a graceful restart.
         self.stop_worker()
+        self.fast_forward_limit_wait()
         self.start_worker()
         self.blackouts.append((started, time.time() + 3))
         self.limit_seconds = round(time.time() - started - 1.0, 1)
         log(f"REQUEST_LIMIT_EXCEEDED window of {self.limit_seconds:g} s (connector paused: {self.limit_paused})")
+
+    def fast_forward_limit_wait(self) -> None:
+        """Outbox entries a push met the limit window with wait for it to roll ([R27], rescheduled to the end of the
+        pause, 15 minutes or more away): fast-forwarded like the pause itself (else they sit out the settle time)."""
+        from django.utils import timezone
+
+        from loopline.connector.models import OutboxEntry
+
+        now = timezone.now()
+        moved = OutboxEntry.objects.filter(connector=self.connector, status=OutboxEntry.Status.PENDING,
+                                           next_run_at__gt=now + timedelta(minutes=4)).update(next_run_at=now)
+        if moved:
+            log(f"{moved} outbox entries waiting for the limit window to roll: fast-forwarded")
 
     # -- the run --
     def run(self) -> dict[str, Any]:
@@ -613,7 +668,8 @@ class Scenario:
             if self.proc is not None and self.proc.poll() is not None and not self.worker_died:
                 self.worker_died = f"exit {self.proc.returncode}: " + self.worker_log.read_text()[-1500:]
                 log(f"the worker exited by itself ({self.worker_died})")
-            Connector.objects.filter(pk=self.connector.pk, paused_until__isnull=False).update(paused_until=None)
+            if Connector.objects.filter(pk=self.connector.pk, paused_until__isnull=False).update(paused_until=None):
+                self.fast_forward_limit_wait()
             pending = OutboxEntry.objects.filter(connector=self.connector, status=OutboxEntry.Status.PENDING).count()
             if pending == 0:
                 check = self.check()
@@ -644,6 +700,7 @@ class Scenario:
             records.append({
                 "key": key, "ledger": [(round(e.t - t0, 2), e.side, e.field, e.value) for e in rec.edits],
                 "identity": [round(t - t0, 2) for t in rec.identity_at],
+                "mds_flips": [(round(t - t0, 2), "in" if shared else "out") for t, shared in rec.flips],
                 "field_changed_at": p.field_changed_at,
                 "outbox": list(OutboxEntry.objects.filter(prospect_id=p.pk).order_by("id").values(
                     "id", "status", "reason", "changed_fields", "attempts", "created_at", "done_at")),
@@ -657,7 +714,8 @@ class Scenario:
 
     # -- the checker --
     def crm_rows(self, obj: str, ids: list[str]) -> dict[str, dict]:
-        fields = ["Id", "IsDeleted", "OwnerId", "MasterRecordId", *sorted({f[obj == "Contact"] for f in FIELDS.values()})]
+        fields = ["Id", "IsDeleted", "OwnerId", "MasterRecordId", RULE_FIELD,
+                  *sorted({f[obj == "Contact"] for f in FIELDS.values()})]
         if obj == "Lead":
             fields += ["IsConverted", "ConvertedContactId", "Website"]
         out: dict[str, dict] = {}
@@ -672,6 +730,7 @@ class Scenario:
         t0 = self.started_at
         items = [(e.t, f"{e.side}@{e.t - t0:.1f}={e.value!r}") for e in rec.edits if e.field == name]
         items += [(t, f"!identity@{t - t0:.1f}") for t in rec.identity_at]
+        items += [(t, f"~mds-{'in' if shared else 'out'}@{t - t0:.1f}") for t, shared in rec.flips]
         if rec.reject:
             items.append((rec.reject["t"], f"reject@{rec.reject['t'] - t0:.1f}"))
         return ", ".join(text for _, text in sorted(items)) + (f" (lead {rec.lead_id})" if rec.lead_id else "")
@@ -691,15 +750,48 @@ class Scenario:
         for t in rec.identity_at:  # an identity change after the last edit, or before it within the sync window
             if t > last.t or self.ambiguous(Edit(t, "crm", name, None), last, rec):  # (blackouts widen it)
                 return None, None
+        for t, _ in rec.flips:  # [R36] an MDS flip close to the edit: the poll may have seen either order
+            if self.ambiguous(Edit(t, "crm", name, None), last, rec):
+                return None, None
+        if self.held_edit(rec, name) is not None:
+            # [R36] a Loopline edit made while the record was hidden (prospect in the recycle bin) is not written to
+            # the CRM then; once the record matches again it is resolved against the last agreed value like any
+            # change made while the two sides were apart (docs/connector.md): pushed, unless the CRM changed the
+            # same field since the record left — then both changed, and either may win [R16], but the sides agree.
+            out_t = max(t for t, shared in rec.flips if not shared and t <= last.t)
+            left = Edit(out_t, "crm", name, None)  # a CRM edit just before it may not have been pulled before it
+            crm_since = [e for e in edits if e.side == "crm" and e.t < last.t and (e.t >= out_t or
+                                                                                   self.ambiguous(e, left, rec))]
+            if crm_since:
+                return {norm(name, last.value), norm(name, crm_since[-1].value)}, None
+            return {norm(name, last.value)}, last
         other = next((e for e in reversed(edits) if e.side != last.side), None)
         if other is not None and self.ambiguous(other, last, rec):
             return {norm(name, last.value), norm(name, other.value)}, None
         return {norm(name, last.value)}, last
 
+    def held_edit(self, rec: Rec, name: str) -> Edit | None:
+        """The last edit of ``name`` if it is a Loopline edit made while the record was hidden."""
+        edits = [e for e in rec.edits if e.field == name]
+        if not edits or edits[-1].side != "ll" or self.shared_at(rec, edits[-1].t):
+            return None
+        return edits[-1]
+
+    @staticmethod
+    def shared_at(rec: Rec, t: float) -> bool:
+        """Whether the CRM record matched the rule at time ``t`` (by the ledger of MDS flips)."""
+        shared = True
+        for at, after in rec.flips:
+            if at > t:
+                break
+            shared = after
+        return shared
+
     def check(self) -> dict[str, Any]:
         from django.db import close_old_connections
-        from django.db.models import Count
+        from django.db.models import Count, Q
 
+        from loopline.connector import sharing
         from loopline.connector.models import Connector, CrmLink, SyncError
         from loopline.prospects.models import Prospect
 
@@ -726,6 +818,17 @@ class Scenario:
         open_errors = defaultdict(list)
         for e in SyncError.objects.filter(connector=self.connector, status=SyncError.Status.OPEN):
             open_errors[e.prospect_id].append(e)
+        flipped = [r for r in self.recs if r.flips]
+        hidden_now = sharing.hidden_prospect_ids(self.bu.pk, [r.prospect_id for r in flipped])
+        # Every prospect (recycled ones too) per CRM id of a flipped record: one, never re-created ([R36]).
+        per_crm_id: Counter[str] = Counter()
+        ids = [r.crm_id for r in flipped]
+        for lead_id, contact_id in Prospect.objects.filter(Q(crm_lead_id__in=ids) | Q(crm_contact_id__in=ids),
+                                                           bu=self.bu).values_list("crm_lead_id", "crm_contact_id"):
+            for crm_id in {lead_id, contact_id} - {""}:
+                per_crm_id[crm_id] += 1
+        recreated = 0
+        held: Counter[str] = Counter()  # outcome of Loopline edits made while the record was hidden (for the report)
 
         for rec in self.recs:
             key = f"{rec.obj} {rec.crm_id} / prospect {rec.prospect_id}"
@@ -750,7 +853,8 @@ class Scenario:
                 name = rec.reject["field"]
                 crm_edit = next((e for e in reversed(rec.edits) if e.field == name and e.side == "crm"), None)
                 rejected_at = Edit(rec.reject["t"], "ll", name, None)
-                near = [Edit(t, "crm", name, None) for t in rec.identity_at] + ([crm_edit] if crm_edit else [])
+                near = [Edit(t, "crm", name, None) for t in [*rec.identity_at, *(t for t, _ in rec.flips)]] + (
+                    [crm_edit] if crm_edit else [])
                 if (norm(name, getattr(p, name)) != norm(name, rec.reject["value"])
                         and any(self.ambiguous(e, rejected_at, rec) for e in near)):
                     # A CRM edit of the same field (or the record's identity change) pulled after the rejected write:
@@ -765,6 +869,22 @@ class Scenario:
                 if norm("x", row.get(rec.reject["crm_field"])) == norm("x", rec.reject["value"]):
                     bad(key, f"rejected value reached the CRM ({rec.reject['crm_field']})")
                 continue
+            if rec.flips and per_crm_id[rec.crm_id] != 1:
+                recreated += max(0, per_crm_id[rec.crm_id] - 1)
+                bad(key, f"{per_crm_id[rec.crm_id]} prospects linked to the flipped record — {self.history(rec, '')}")
+            if not rec.shared:  # [R36] the record left the BU: its prospect waits in the recycle bin, not CRM-deleted
+                linked = p.crm_contact_id if rec.obj == "Contact" else p.crm_lead_id
+                if row.get(RULE_FIELD) == RULE_VALUE:
+                    bad(key, f"CRM {RULE_FIELD} is {row.get(RULE_FIELD)!r}, the scenario set it to another value")
+                if not p.is_deleted or p.crm_deleted or p.merged_into_id is not None or linked != rec.crm_id:
+                    bad(key, f"not shared: expected recycled, linked, not CRM-deleted; got is_deleted={p.is_deleted} "
+                             f"crm_deleted={p.crm_deleted} merged_into={p.merged_into_id} linked to {linked!r} — "
+                             f"{self.history(rec, '')}", rec)
+                elif p.pk not in hidden_now:
+                    bad(key, "not shared and recycled, but the timeline's last MDS event is not crm_not_shared", rec)
+                continue
+            if rec.flips and p.pk in hidden_now:
+                bad(key, "shared again, but the timeline's last MDS event is crm_not_shared", rec)
             # alive
             if p.is_deleted or p.crm_deleted:
                 bad(key, f"live in the CRM but prospect is_deleted={p.is_deleted} crm_deleted={p.crm_deleted}")
@@ -779,8 +899,11 @@ class Scenario:
                 crm_value = norm(name, row.get(contact_f if rec.obj == "Contact" else lead_f))
                 ll_value = norm(name, getattr(p, name))
                 allowed, decider = self.expected(rec, name)
+                if (h := self.held_edit(rec, name)) is not None:
+                    held["pushed" if crm_value == ll_value == norm(name, h.value) else
+                         "crm_value_kept" if crm_value == ll_value else "disagree"] += 1
                 if crm_value != ll_value:
-                    bad(key, f"{name}: CRM {crm_value!r} ≠ Loopline {ll_value!r}")
+                    bad(key, f"{name}: CRM {crm_value!r} ≠ Loopline {ll_value!r} — {self.history(rec, name)}", rec)
                 if allowed is not None and (crm_value not in allowed or ll_value not in allowed):
                     bad(key, f"{name}: expected {sorted(map(str, allowed))}, CRM {crm_value!r}, Loopline {ll_value!r}"
                              f" — {self.history(rec, name)}", rec)
@@ -801,12 +924,20 @@ class Scenario:
                 for r in self.api.query(f"SELECT Id, Email FROM {obj} WHERE Email IN ({part})"):
                     crm_by_email[r["Email"].lower()].append(r)
         ll_by_email: dict[str, list[Prospect]] = defaultdict(list)
+        any_by_email: dict[str, int] = Counter()
         for p in prospects.values():
+            if p.email:
+                any_by_email[p.email] += 1
             if p.email and not p.is_deleted:
                 ll_by_email[p.email].append(p)
-        duplicates = 0
+        duplicates = recreated
         for c in self.created:
             crm_recs, ll_recs = crm_by_email.get(c.email, []), ll_by_email.get(c.email, [])
+            if c.side == "crm_hidden":  # [R35] not shared with the BU: never a prospect
+                if len(crm_recs) != 1 or any_by_email[c.email]:
+                    bad(f"new unshared CRM lead {c.email}", f"{len(crm_recs)} CRM records, "
+                                                            f"{any_by_email[c.email]} prospects (expected 1 and 0)")
+                continue
             if not crm_recs or not ll_recs:
                 lost += 1
                 bad(f"new {c.side} {c.email}", f"{len(crm_recs)} CRM records, {len(ll_recs)} prospects")
@@ -823,12 +954,28 @@ class Scenario:
                               .exclude(**{column: ""}).values(column).annotate(n=Count("id")).filter(n__gt=1))
         duplicates += sum(r["n"] - 1 for r in CrmLink.objects.filter(connector=self.connector)
                           .values("prospect_id", "crm_object").annotate(n=Count("id")).filter(n__gt=1))
+        # [R35] seeded records the rule never shared: no prospect, no link.
+        by_obj: dict[str, list[str]] = defaultdict(list)
+        for obj, crm_id in self.unshared_seed:
+            by_obj[obj].append(crm_id)
+        leaked = Prospect.objects.filter(Q(crm_lead_id__in=by_obj["Lead"]) | Q(crm_contact_id__in=by_obj["Contact"]),
+                                         bu=self.bu).count()
+        leaked += CrmLink.objects.filter(connector=self.connector,
+                                         crm_id__in=by_obj["Lead"] + by_obj["Contact"]).count()
+        if leaked:
+            bad("unshared seed", f"{leaked} prospects/links for CRM records the sharing rule never shared")
         self.last_suspects = suspects
         errors = SyncError.objects.filter(connector=self.connector, status=SyncError.Status.OPEN)
         state = Connector.objects.values("status", "last_error", "paused_until").get(pk=self.connector.pk)
         return {"records": len(self.recs), "created": len(self.created),
                 "connector": {k: str(v) for k, v in state.items() if v},
                 "rejected": sum(1 for r in self.recs if r.state == "rejected"),
+                "mds": {"flipped": len(flipped), "hidden_at_end": sum(1 for r in self.recs if not r.shared),
+                        "unshared_seed": len(self.unshared_seed),
+                        "unshared_created": sum(1 for c in self.created if c.side == "crm_hidden"),
+                        "edits_while_hidden": sum(1 for r in self.recs for e in r.edits
+                                                  if r.flips and not self.shared_at(r, e.t)),
+                        "held_ll_edits": dict(held)},
                 "errors_by_code": dict(Counter(errors.values_list("code", flat=True))),
                 "examples": examples, "mismatches": len(mismatched), "duplicates": duplicates, "lost": lost,
                 "errors_in_queue": errors.count()}
@@ -843,11 +990,36 @@ def _close_db() -> None:
 # --- setup -----------------------------------------------------------------------------------------------------------
 
 
-def setup_connector(crm, *, latency_ms: float):
-    """A BU, an admin, the connector verified against ``crm``, the initial import run, the connector resumed."""
+def seed_rule_values(crm, *, seed: int) -> list[tuple[str, str]]:
+    """Set the sharing rule's field on the seeded leads and contacts: most get the rule's value, the rest another
+    value or none ([R35]). Returns (object, id) of the records the BU must never see."""
+    api = CrmUser(crm)
+    rng = random.Random(seed)
+    unshared: list[tuple[str, str]] = []
+    for obj in ("Lead", "Contact"):
+        where = " WHERE IsConverted = false" if obj == "Lead" else ""
+        ids = [r["Id"] for r in api.query(f"SELECT Id FROM {obj}{where}")]
+        records = []
+        for rid in ids:
+            value = RULE_VALUE
+            if rng.random() < UNSHARED_SEED_SHARE:
+                value = rng.choice(OTHER_VALUES)
+                unshared.append((obj, rid))
+            if value:
+                records.append({"attributes": {"type": obj}, "id": rid, RULE_FIELD: value})
+        for i in range(0, len(records), 200):
+            results = api.call("PATCH", "composite/sobjects", json={"allOrNone": True, "records": records[i:i + 200]})
+            assert all(r.get("success") for r in results), results
+    log(f"sharing rule {RULE_FIELD} = {RULE_VALUE!r}; {len(unshared)} seeded records not shared")
+    return unshared
+
+
+def setup_connector(crm, *, latency_ms: float, seed: int = 7):
+    """A BU, an admin, the connector verified against ``crm``, marketing data sharing rules set (most seeded records
+    match), the initial import run, the connector resumed. Returns the seeded records the rule does not share too."""
     from loopline.accounts import services as accounts
     from loopline.accounts.access import Access
-    from loopline.connector import keys, services
+    from loopline.connector import keys, services, sharing
     from loopline.connector.sync import pull
     from loopline.platform import crypto
 
@@ -865,21 +1037,26 @@ def setup_connector(crm, *, latency_ms: float):
     ok, message = services.verify_connection(access, connector)
     assert ok, message
     connector.refresh_from_db()
+    # [R35] lead and contact rules on an unmapped field, set while the connector is paused ([R37]).
+    rule = {"field": RULE_FIELD, "value": RULE_VALUE}
+    sharing.set_sharing_rules(connector, {"Lead": rule, "Contact": rule}, access)
+    unshared = seed_rule_values(crm, seed=seed)
     if latency_ms:
         crm.faults(latency_ms=latency_ms, jitter_ms=latency_ms / 5, seed=3)
     log("initial import")
     pull.initial_import(connector)
     services.resume(access, connector)
     connector.refresh_from_db()
-    return bu, user, connector
+    return bu, user, connector, unshared
 
 
 def run_chaos(crm, *, edits: int, fault_rate: float, kills: int, latency_ms: float, seed: int = 7,
               threads: int = 4, settle_timeout: float = SETTLE_TIMEOUT_S, after=None) -> dict[str, Any]:
     """The whole scenario; ``after(bu, user, connector)`` runs once it is checked (more rounds on the same set-up)."""
-    bu, user, connector = setup_connector(crm, latency_ms=latency_ms)
+    bu, user, connector, unshared = setup_connector(crm, latency_ms=latency_ms, seed=seed)
     scenario = Scenario(crm=crm, connector=connector, bu=bu, user=user, edits=edits, fault_rate=fault_rate,
                         kills=kills, seed=seed, threads=threads, settle_timeout=settle_timeout)
+    scenario.unshared_seed = unshared
     scenario.load_pool()
     result = scenario.run()
     result["kills"] = scenario.kills_done

@@ -4,11 +4,11 @@
 
 Starts a crmsandbox (seeded with leads, contacts and CRM users) and a throw-away database, imports the CRM, resumes
 the connector and runs the sync worker as a subprocess. Then N random operations on both sides run concurrently
-(field, email, owner and opt-out edits, CRM deletes/undeletes, merges, lead conversions, new records on both sides,
-values the CRM rejects) while the sandbox fails ``--fault-rate`` of the API calls (UNABLE_TO_LOCK_ROW, 503, dropped
-connections, lost answers), answers REQUEST_LIMIT_EXCEEDED for a few seconds once, and the worker is killed with
-SIGKILL ``--kills`` times. After quiescence every record is checked against what the sync rules say it must be —
-see bench/_chaos.py.
+(field, email, owner and opt-out edits, CRM deletes/undeletes, merges, lead conversions, marketing data sharing
+flips that move a record out of the BU's rule and back, new records on both sides, values the CRM rejects) while the
+sandbox fails ``--fault-rate`` of the API calls (UNABLE_TO_LOCK_ROW, 503, dropped connections, lost answers), answers
+REQUEST_LIMIT_EXCEEDED for a few seconds once, and the worker is killed with SIGKILL ``--kills`` times. After
+quiescence every record is checked against what the sync rules say it must be — see bench/_chaos.py.
 
 ``--rounds M`` also runs the older correctness rounds afterwards (M new prospects and M CRM edits each: a SIGKILL
 round, a faults round and a re-run of the same batch; bench/_connector_checks.py).

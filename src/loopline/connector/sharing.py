@@ -369,6 +369,9 @@ def _apply_visibility(hide: list[tuple[CrmLink, CrmRecord]], show: list[tuple[Cr
             continue
         hidden.discard(prospect.pk)
         prospect_services.undelete(prospect, source="crm")  # like a CRM undelete: nothing echoes back ([R31])
+        # Apply the record in full now, even if only the rule field changed (the echo check would skip it as
+        # unchanged): Loopline changes held while it was hidden are resolved against the baseline and pushed.
+        CrmLink.objects.filter(pk=link.pk).update(last_read_hash="", last_written_hash="")
         _timeline(prospect, f"{record.object_type} {record.id} matches this business unit's marketing data sharing "
                   "rule again; restored", EVENT_SHOWN, record.id)
 

@@ -27,7 +27,7 @@ from loopline.platform import audit
 from loopline.prospects import services as prospect_services
 from loopline.prospects.models import ActivityType, Prospect
 
-from .. import outbox
+from .. import outbox, sharing
 from ..engine import RunCounters
 from ..engine.lifecycle import LifecycleAction, LifecycleDecision
 from ..engine.model import CrmObject, CrmRecord, id18
@@ -140,6 +140,8 @@ def merge_into(survivor: Prospect, loser: Prospect) -> Prospect:
     """Merge ``loser`` into the prospect of a live CRM record ([R32]); if that prospect sat in the recycle bin while
     the loser was live, the survivor comes back out: its CRM record is alive and so was one of the two."""
     revive = survivor.is_deleted and not loser.is_deleted and not survivor.crm_deleted
+    if revive and sharing.hidden_prospect_ids(None, [survivor.pk]):
+        revive = False  # [R36] recycled because its record does not match the BU's sharing rule: it stays there
     merged = prospect_services.merge_prospects(survivor, loser)
     if revive:
         prospect_services.undelete(merged, source="crm")

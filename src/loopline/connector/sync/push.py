@@ -400,6 +400,10 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
             counters.skip(SkipReason.NOT_VISIBLE)
             SYNCED_RECORDS.labels("to_crm", "skipped").inc()
             _done(entries)
+            # The change is held, not dropped: if the record matches again (even before a poll saw it leave), the
+            # pull must resolve it in full against the baseline, not skip it as unchanged — that pushes the change.
+            CrmLink.objects.filter(connector=connector, prospect_id=pid).update(last_read_hash="",
+                                                                                last_written_hash="")
             continue
         decision = plan_prospect_push(snap, candidates.get(pid, []), ctx.settings)
         if decision.action is PushAction.SKIP:

@@ -292,6 +292,61 @@ def test_push_writes_nothing_to_a_linked_record_that_stopped_matching(two_bus, c
     assert CrmLink.objects.filter(connector=a, crm_id=lead_id, prospect=p).exists()
 
 
+@pytest.mark.parametrize("when", ["before the poll", "in the recycle bin", "never polled while hidden"])
+def test_a_loopline_change_held_while_hidden_is_pushed_when_the_record_matches_again(
+        two_bus, crm, bu, unique, when):  # [R36]
+    # Found by the chaos run (bench/_chaos.py, MDS flips): a change made while the record did not match is not
+    # written to the CRM then; when only the rule field flips back, the record's mapped values are unchanged, so the
+    # echo check skipped it and the change never reached the CRM — the two sides disagreed for good.
+    a, _ = two_bus
+    lead_id = _lead(crm, f"held.{unique}@example.test", Title="Original", Description="Unit A")
+    sync(a)
+    p = Prospect.objects.get(bu=bu, crm_lead_id=lead_id)
+    crm.update("Lead", lead_id, Description="Unit B")
+    if when != "in the recycle bin":
+        prospects.update_prospect(p, {"job_title": "Held"})
+        drain_all(a)  # skipped: the record visibly stopped matching
+    if when != "never polled while hidden":  # else it flips back before any poll saw it leave
+        sync(a)
+        p.refresh_from_db()
+        assert p.is_deleted
+    if when == "in the recycle bin":
+        prospects.update_prospect(p, {"job_title": "Held"})
+        drain_all(a)
+    assert crm.get("Lead", lead_id)["Title"] == "Original"  # not written while hidden
+    crm.update("Lead", lead_id, Description="Unit A")  # only the rule field: no mapped value changes
+    sync(a, rounds=2)
+    p.refresh_from_db()
+    assert not p.is_deleted and p.job_title == "Held"
+    assert crm.get("Lead", lead_id)["Title"] == "Held"  # the held change follows once the record is shared again
+
+
+def test_a_merge_into_a_record_that_stopped_matching_keeps_the_survivor_in_the_recycle_bin(
+        two_bus, crm, bu, unique):  # [R36], [R32]
+    # Found by the chaos run: merging a live lead into a master the BU no longer sees brought the master's prospect
+    # back out of the recycle bin (the merge revived it) although its record still did not match the rule.
+    a, _ = two_bus
+    master_id = _lead(crm, f"master.{unique}@example.test", Description="Unit A")
+    loser_id = _lead(crm, f"loser.{unique}@example.test", Description="Unit A")
+    sync(a)
+    master = Prospect.objects.get(bu=bu, crm_lead_id=master_id)
+    loser = Prospect.objects.get(bu=bu, crm_lead_id=loser_id)
+    crm.update("Lead", master_id, Description="Unit B")
+    sync(a)
+    master.refresh_from_db()
+    assert master.is_deleted
+    crm.request("POST", "/_sandbox/merge", json={"object": "Lead", "masterId": master_id, "mergeIds": [loser_id]})
+    sync(a)
+    master.refresh_from_db()
+    loser.refresh_from_db()
+    assert loser.is_deleted and loser.merged_into_id == master.pk
+    assert master.is_deleted and not master.crm_deleted  # still not shared: stays recycled
+    crm.update("Lead", master_id, Description="Unit A")
+    sync(a)
+    master.refresh_from_db()
+    assert not master.is_deleted  # shared again: restored
+
+
 def test_email_to_a_prospect_whose_record_is_not_shared_is_skipped_with_the_reason(
     two_bus, crm, bu, make_email, unique
 ):  # [R36]
