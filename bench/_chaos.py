@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from _common import log
+from _common import connected_bu, log
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -1017,26 +1017,11 @@ def seed_rule_values(crm, *, seed: int) -> list[tuple[str, str]]:
 def setup_connector(crm, *, latency_ms: float, seed: int = 7):
     """A BU, an admin, the connector verified against ``crm``, marketing data sharing rules set (most seeded records
     match), the initial import run, the connector resumed. Returns the seeded records the rule does not share too."""
-    from loopline.accounts import services as accounts
-    from loopline.accounts.access import Access
-    from loopline.connector import keys, services, sharing
+    from loopline.connector import services, sharing
     from loopline.connector.sync import pull
-    from loopline.platform import crypto
 
-    bu = accounts.create_business_unit("Chaos", postal_address="1 Chaos St")
-    user = accounts.create_user(f"admin-{uuid.uuid4().hex[:6]}@bench.test", password="x" * 20, first_name="Admin")
-    accounts.set_membership(bu, user, "administrator")
-    access = Access.for_user(user, bu)
-    connector = services.create_connector(access)
-    private_pem, cert_pem = keys.generate_key_pair("chaos")
-    consumer_key = crm.add_app(f"loopline-chaos-{uuid.uuid4().hex[:6]}", cert_pem)
-    connector.private_key, connector.certificate = crypto.encrypt(private_pem), cert_pem
-    connector.save()
-    services.update_connection(access, connector, {"login_url": crm.login_url, "consumer_key": consumer_key,
-                                                   "username": crm.integration_username, "ca_file": crm.ca_file})
-    ok, message = services.verify_connection(access, connector)
-    assert ok, message
-    connector.refresh_from_db()
+    bu, access, connector = connected_bu(crm, "Chaos")
+    user = access.user
     # [R35] lead and contact rules on an unmapped field, set while the connector is paused ([R37]).
     rule = {"field": RULE_FIELD, "value": RULE_VALUE}
     sharing.set_sharing_rules(connector, {"Lead": rule, "Contact": rule}, access)

@@ -39,6 +39,31 @@ def start_crm_sandbox(*, leads: int, contacts: int = 0):
         "daily_api_limit": 5_000_000, "custom_fields": {"Lead": [loopline_id], "Contact": [loopline_id]}})
 
 
+def connected_bu(crm, name: str):
+    """A business unit named ``name`` with an admin and its connector verified against the sandbox ``crm`` (still
+    paused, as a new connector is). Returns ``(bu, access, connector)``."""
+    from loopline.accounts import services as accounts
+    from loopline.accounts.access import Access
+    from loopline.connector import keys, services
+    from loopline.platform import crypto
+
+    bu = accounts.create_business_unit(name, postal_address=f"1 {name} St")
+    user = accounts.create_user(f"admin-{uuid.uuid4().hex[:6]}@bench.test", password="x" * 20, first_name="Admin")
+    accounts.set_membership(bu, user, "administrator")
+    access = Access.for_user(user, bu)
+    connector = services.create_connector(access)
+    private_pem, cert_pem = keys.generate_key_pair(name.lower())
+    consumer_key = crm.add_app(f"loopline-{name.lower()}-{uuid.uuid4().hex[:6]}", cert_pem)
+    connector.private_key, connector.certificate = crypto.encrypt(private_pem), cert_pem
+    connector.save()
+    services.update_connection(access, connector, {"login_url": crm.login_url, "consumer_key": consumer_key,
+                                                   "username": crm.integration_username, "ca_file": crm.ca_file})
+    ok, message = services.verify_connection(access, connector)
+    assert ok, message
+    connector.refresh_from_db()
+    return bu, access, connector
+
+
 @contextlib.contextmanager
 def bench_environment(database_url: str | None, *, prefix: str):
     """Yield ``vendor`` ("sqlite" | "postgresql") with Django set up on a fresh, migrated database; clean up after."""

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from _common import bench_environment, log, print_figures, start_crm_sandbox
+from _common import bench_environment, connected_bu, log, print_figures, start_crm_sandbox
 
 KEYS = ("records", "pull_records_per_s", "pull_api_calls", "push_records_per_s", "push_api_calls",
         "crm_to_loopline_p50_s", "crm_to_loopline_p99_s", "loopline_to_crm_p50_s", "loopline_to_crm_p99_s",
@@ -88,32 +88,17 @@ def run(crm, args, n: int) -> dict:
     from django.db import close_old_connections
     from django.utils import timezone
 
-    from loopline.accounts import services as accounts
-    from loopline.accounts.access import Access
-    from loopline.connector import keys, services
+    from loopline.connector import services
     from loopline.connector.models import CrmLink, OutboxEntry
     from loopline.connector.sync import pull, push
     from loopline.connector.sync.context import shared_client
     from loopline.connector.sync.worker import ConnectorWorker
-    from loopline.platform import crypto
     from loopline.prospects import services as prospects
     from loopline.prospects.models import Prospect
 
     out: dict = {}
-    bu = accounts.create_business_unit("Bench", postal_address="1 Bench St")
-    user = accounts.create_user(f"admin-{uuid.uuid4().hex[:6]}@bench.test", password="x" * 20, first_name="Admin")
-    accounts.set_membership(bu, user, "administrator")
-    access = Access.for_user(user, bu)
-    connector = services.create_connector(access)
-    private_pem, cert_pem = keys.generate_key_pair("bench")
-    consumer_key = crm.add_app("loopline-bench", cert_pem)
-    connector.private_key, connector.certificate = crypto.encrypt(private_pem), cert_pem
-    connector.save()
-    services.update_connection(access, connector, {"login_url": crm.login_url, "consumer_key": consumer_key,
-                                                   "username": crm.integration_username, "ca_file": crm.ca_file})
-    ok, message = services.verify_connection(access, connector)
-    assert ok, message
-    connector.refresh_from_db()
+    bu, access, connector = connected_bu(crm, "Bench")
+    user = access.user
     crm.faults(latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, seed=1)
     client = shared_client(connector)
 

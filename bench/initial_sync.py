@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _common import bench_environment, log, print_figures, start_crm_sandbox  # noqa: E402
+from _common import bench_environment, connected_bu, log, print_figures, start_crm_sandbox  # noqa: E402
 
 KEYS = ("records", "seconds", "records_per_s", "api_calls", "bulk_jobs", "duplicates")
 
@@ -143,40 +143,13 @@ def admin_ids(crm, object_type: str) -> set[str]:
 def run(crm, args, n: int) -> dict:
     from django.db.models import Count, Sum
 
-    from loopline.accounts import services as accounts
-    from loopline.accounts.access import Access
-    from loopline.connector import keys, services
     from loopline.connector.models import BulkImportCheckpoint, CrmLink, SyncError
     from loopline.connector.sync import pull
     from loopline.connector.sync.context import shared_client
-    from loopline.platform import crypto
     from loopline.prospects.models import Prospect
 
     out: dict = {}
-    bu = accounts.create_business_unit("Bench", postal_address="1 Bench St")
-    user = accounts.create_user(
-        f"admin-{uuid.uuid4().hex[:6]}@bench.test", password="x" * 20, first_name="Admin"
-    )
-    accounts.set_membership(bu, user, "administrator")
-    access = Access.for_user(user, bu)
-    connector = services.create_connector(access)
-    private_pem, cert_pem = keys.generate_key_pair("bench")
-    consumer_key = crm.add_app("loopline-bench", cert_pem)
-    connector.private_key, connector.certificate = crypto.encrypt(private_pem), cert_pem
-    connector.save()
-    services.update_connection(
-        access,
-        connector,
-        {
-            "login_url": crm.login_url,
-            "consumer_key": consumer_key,
-            "username": crm.integration_username,
-            "ca_file": crm.ca_file,
-        },
-    )
-    ok, message = services.verify_connection(access, connector)
-    assert ok, message
-    connector.refresh_from_db()
+    bu, _access, connector = connected_bu(crm, "Bench")
     edit_ids = [r["Id"] for r in crm.query(f"SELECT Id FROM Lead LIMIT {args.edits}")] if args.edits else []
     crm.faults(latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, seed=1)
 
