@@ -104,21 +104,12 @@ class BulkQueries:
         params: dict[str, Any] = {"maxRecords": max_records}
         if locator:
             params["locator"] = locator
-        timeout = self.client.config.timeout
 
-        def fetch(sf) -> tuple[str, str]:
-            response = call_salesforce(
-                f"{sf.bulk2_url}query/{job_id}/results",
-                "GET",
-                sf.session,
-                {**sf.headers, "Accept": "text/csv"},
-                params=params,
-                timeout=timeout,
-            )
+        def read(response) -> tuple[str, str]:
             following = response.headers.get("Sforce-Locator", "")
             return response.content.decode("utf-8"), "" if following in ("", "null") else following
 
-        return self.client.call(fetch)
+        return _get_csv(self.client, f"query/{job_id}/results", read, params)
 
 
 class BulkIngest:
@@ -157,20 +148,21 @@ class BulkIngest:
     def results(self, job_id: str, which: str) -> list[dict[str, str]]:
         """``successfulResults`` / ``failedResults`` rows as dicts (``sf__Id``, ``sf__Created``/``sf__Error`` and
         the uploaded columns)."""
-        timeout = self.client.config.timeout
-
-        def fetch(sf) -> str:
-            response = call_salesforce(
-                f"{sf.bulk2_url}ingest/{job_id}/{which}/",
-                "GET",
-                sf.session,
-                {**sf.headers, "Accept": "text/csv"},
-                timeout=timeout,
-            )
-            return response.content.decode("utf-8-sig")
-
-        text = self.client.call(fetch)
+        text = _get_csv(self.client, f"ingest/{job_id}/{which}/", lambda r: r.content.decode("utf-8-sig"))
         return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def _get_csv[T](client: CrmClient, path: str, read: Callable[[Any], T], params: dict[str, Any] | None = None) -> T:
+    """GET a Bulk API 2.0 CSV resource (``path`` below the bulk base URL) through the client's session; ``read``
+    turns the response into the result inside the client's error mapping."""
+    timeout = client.config.timeout
+
+    def fetch(sf) -> T:
+        response = call_salesforce(f"{sf.bulk2_url}{path}", "GET", sf.session, {**sf.headers, "Accept": "text/csv"},
+                                   params=params, timeout=timeout)
+        return read(response)
+
+    return client.call(fetch)
 
 
 def _retrying[T](fn: Callable[[], T]) -> T:
