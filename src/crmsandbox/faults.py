@@ -35,6 +35,7 @@ class Faults:
     seed: int | None = None
     apply_to_oauth: bool = False
     timeout_seconds: float = 60.0
+    writes_only: bool = False  # faults hit only calls that write records (a lost answer to a write, say)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -69,6 +70,7 @@ class Faults:
                 seed=int(d["seed"]) if d.get("seed") is not None else None,
                 apply_to_oauth=bool(d.get("apply_to_oauth", False)),
                 timeout_seconds=float(d.get("timeout_seconds", 60)),
+                writes_only=bool(d.get("writes_only", False)),
             )
         except (TypeError, ValueError) as e:
             raise FaultConfigError(str(e)) from None
@@ -76,7 +78,7 @@ class Faults:
     def to_dict(self) -> dict[str, Any]:
         return {"latency_ms": self.latency_ms, "jitter_ms": self.jitter_ms, "error_rates": dict(self.error_rates),
                 "daily_api_limit": self.daily_api_limit, "seed": self.seed, "apply_to_oauth": self.apply_to_oauth,
-                "timeout_seconds": self.timeout_seconds}
+                "timeout_seconds": self.timeout_seconds, "writes_only": self.writes_only}
 
     @property
     def active(self) -> bool:

@@ -257,7 +257,7 @@ class SandboxServer:
         req.path = sub
         self._load_faults()
         lose_answer = False
-        if self.faults.active:
+        if self.faults.active and (not self.faults.writes_only or _writes(req)):
             injected = await self._inject(send)
             if isinstance(injected, Response):
                 return injected
@@ -564,3 +564,17 @@ async def _drop(send: Callable) -> None:
         return
     raise RuntimeError("cannot drop the connection with this server")
 
+
+
+def _writes(req: Request) -> bool:
+    """Whether an API call writes records (for faults limited to writes): any non-GET call except queries, and a
+    composite call with a non-GET subrequest."""
+    if req.method == "GET":
+        return False
+    if req.path.rstrip("/") == "composite":
+        try:
+            subs = req.json().get("compositeRequest") or []
+        except Exception:  # a malformed body is answered by the route itself
+            return False
+        return any(str(s.get("method", "GET")).upper() != "GET" for s in subs if isinstance(s, dict))
+    return not req.path.startswith(("query", "queryAll"))

@@ -31,8 +31,10 @@ def pytest_collection_modifyitems(config, items):
 def browser(monkeypatch):
     """A headless Chromium. Playwright's sync API runs an event loop in the test's thread, hence the async-unsafe
     allowance for the ORM calls the tests make between page actions."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # expect() has its own 5 s default, not the page's timeout: too short for a redraw on a loaded CI machine.
+    expect.set_options(timeout=20_000)
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

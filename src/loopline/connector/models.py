@@ -80,6 +80,9 @@ class CrmLink(models.Model):
     last_crm_modstamp = models.DateTimeField(null=True, blank=True)
     last_synced_at = models.DateTimeField(null=True, blank=True)
     baseline = models.JSONField(default=dict, blank=True, help_text="Field digests at the last sync (engine).")
+    # Recorded before a write is sent, cleared when its outcome is saved: if the answer is lost, the next read of
+    # the record still recognises our own write ({"hash": expected echo, "baseline": baseline after the write}).
+    pending_write = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

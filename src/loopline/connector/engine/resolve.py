@@ -376,6 +376,34 @@ def is_echo(
     return EchoCheck(EchoVerdict.NEW, "mapped values changed")
 
 
+def adopt_pending_write(
+    pending: Mapping[str, Any],
+    crm_record: CrmRecord,
+    mappings: Iterable[FieldMapping],
+    baseline: Mapping[str, str] | None,
+    last_written_hash: str,
+) -> tuple[dict[str, str] | None, str]:
+    """``(baseline, last_written_hash)`` once a write whose answer never came is seen applied ([R24], [R25]).
+
+    ``pending`` is what the connector recorded just before sending a write: ``hash`` (the echo it expects) and
+    ``baseline`` (the baseline after it). If the CRM's values now hash to ``hash``, the write landed: that is the echo
+    to skip. Field by field, a CRM value equal to the pending baseline's is our own write, not a CRM change — without
+    this, a later Loopline edit of the field would look like a conflict with the value we wrote ourselves.
+    """
+    target = pending.get("baseline") or {}
+    if crm_hash(crm_record.values, mappings, crm_record.object_type) == pending.get("hash"):
+        last_written_hash = str(pending["hash"])
+    if not target:
+        return (dict(baseline) if baseline is not None else None), last_written_hash
+    adopted = dict(baseline or {})
+    for m in mappings:
+        cf = m.crm_field(crm_record.object_type)
+        digest = target.get(m.loopline_field)
+        if cf is not None and digest is not None and field_digest(m.kind, crm_record.values.get(cf)) == digest:
+            adopted[m.loopline_field] = digest
+    return adopted, last_written_hash
+
+
 def written_hash(crm_record: CrmRecord, sent: Mapping[str, Any], mappings: Iterable[FieldMapping]) -> str:
     """The hash to store as ``last_written_hash`` after a successful write of ``sent`` (the *validated* payload, so
     coercions such as picklist spelling or rounding are what the echo will carry) over ``crm_record``."""
@@ -393,6 +421,7 @@ __all__ = [
     "FieldDecision",
     "FieldOutcome",
     "Resolution",
+    "adopt_pending_write",
     "crm_kinds",
     "is_echo",
     "record_hash",

@@ -67,18 +67,33 @@ def decision(connector: Connector, now: dt.datetime | None = None) -> BudgetDeci
                          paused_until=connector.paused_until)
 
 
+LIMIT_MESSAGE = "The CRM's daily API limit is exhausted"
+
+
 def pause_for_limit(connector: Connector, message: str = "") -> dt.datetime:
     """``REQUEST_LIMIT_EXCEEDED``: pause until the rolling window has room again (at least 15 minutes) [R27]."""
     now = timezone.now()
     data = connector.api_usage or {}
     share = int(int(data.get("max") or 0) * policy_for(connector).share) or None
     until = pause_on_limit_exceeded(now, policy_for(connector), counter_of(connector), share)
-    text = (f"The CRM's daily API limit is exhausted ({message or 'REQUEST_LIMIT_EXCEEDED'}); "
+    text = (f"{LIMIT_MESSAGE} ({message or 'REQUEST_LIMIT_EXCEEDED'}); "
             f"sync pauses until {until:%Y-%m-%d %H:%M} UTC. Queued changes are kept.")
     Connector.objects.filter(pk=connector.pk).update(paused_until=until, last_error=text)
     connector.paused_until, connector.last_error = until, text
     logger.warning("connector %s paused for the API limit until %s", connector.pk, until.isoformat())
     return until
+
+
+def lift_pause(connector: Connector) -> None:
+    """After a successful call past an API-limit pause: the pause and its message are history ([R27], [R28])."""
+    if connector.paused_until is not None and connector.paused_until > timezone.now():
+        return
+    if connector.paused_until is not None:
+        Connector.objects.filter(pk=connector.pk, paused_until=connector.paused_until).update(paused_until=None)
+        connector.paused_until = None
+    if connector.last_error.startswith(LIMIT_MESSAGE):
+        Connector.objects.filter(pk=connector.pk, last_error=connector.last_error).update(last_error="")
+        connector.last_error = ""
 
 
 def blocked(connector: Connector, now: dt.datetime | None = None) -> str:

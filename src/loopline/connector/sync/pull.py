@@ -61,9 +61,9 @@ from ..metrics import SYNC_LATENCY, SYNCED_RECORDS
 from ..models import Connector, CrmLink, SyncError
 from ..models import Watermark as WatermarkRow
 from ..salesforce.client import CrmApiError
-from . import deletions, errors, fastwrite, related, runs
+from . import budget, deletions, errors, fastwrite, related, runs
 from .context import POLLED_OBJECTS, SyncContext
-from .snapshots import snapshot, split_writes, state_of
+from .snapshots import settle_pending_write, snapshot, split_writes, state_of
 
 logger = logging.getLogger("loopline.connector.pull")
 
@@ -189,6 +189,7 @@ def poll(connector: Connector, *, client=None) -> RunCounters:
             # Every page read and applied: an idle object's next window no longer re-reads its last burst.
             save_watermark(row, wm.settle(started, OVERLAP))
         riders.finish()
+        budget.lift_pause(connector)
         if counters.fetched == 0:
             counters.note = "no changes in the CRM since the last poll"
     return counters
@@ -311,6 +312,7 @@ def apply_records(ctx: SyncContext, records: Sequence[CrmRecord], counters: RunC
     for record in records:
         key = id18(record.id).lower()
         link = links.get(key)
+        settle_pending_write(link, record, ctx.mappings)
         state = state_of(link)
         found = {id(s): s for k in (key, record.email, id18(record.person_contact_id or "").lower()) if k
                  for s in by_key.get(k, ())}
@@ -409,6 +411,7 @@ def _skip_known(ctx: SyncContext, records: Sequence[CrmRecord], counters: RunCou
         if link is None or link.prospect_id in flagged or record.is_deleted or (record.is_lead and record.is_converted):
             rest.append(record)
             continue
+        settle_pending_write(link, record, ctx.mappings)
         echo = is_echo(record, state_of(link), ctx.settings.connector_user_id, ctx.mappings,
                        client_id=ctx.settings.client_id)
         if not echo.skip:
@@ -493,7 +496,7 @@ def _save_link(ctx: SyncContext, prospect: Prospect, record: CrmRecord, link: Cr
         baseline = new
     values = {"prospect": prospect, "crm_object": record.object_type, "last_read_hash": record_hash(record,
               ctx.mappings), "last_crm_modstamp": record.system_modstamp, "last_synced_at": now,
-              "baseline": baseline}
+              "baseline": baseline, "pending_write": {}}
     if link is None:
         CrmLink.objects.update_or_create(connector=ctx.connector, crm_id=record.id, defaults=values)
     else:

@@ -76,7 +76,7 @@ from ..salesforce.client import CrmApiError
 from ..services import settings_of
 from . import budget, bulk, errors, fastwrite, runs
 from .context import SyncContext, shared_client
-from .snapshots import agreed_baseline, owner_ids, snapshot, split_writes, state_of
+from .snapshots import agreed_baseline, owner_ids, settle_pending_write, snapshot, split_writes, state_of
 
 logger = logging.getLogger("loopline.connector.push")
 
@@ -423,6 +423,7 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
             assert match is not None and match.record is not None
             record = match.record
             link = links.get(id18(record.id).lower())
+            settle_pending_write(link, record, ctx.mappings)
             resolution = resolve(snap, record, ctx.mappings, ctx.settings, state_of(link))
             if resolution.skip_reason is not None or resolution.unlink:
                 counters.skip(resolution.skip_reason or SkipReason.EMAIL_CHANGED_UNLINKED)
@@ -469,6 +470,7 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
                                     min(e.created_at for e in entries), entry_id=pid))
     if not items:
         return
+    _record_pending_writes(ctx, pending, links)
     by_rule_keys = {str(pid) for pid, p in pending.items() if p.get("assignment_rule")}
     batch = OutcomeBatch(ctx, now)
     # Only creates handed to the CRM's assignment rule let it run; every other write says FALSE, because the REST
@@ -484,6 +486,19 @@ def push_entries(ctx: SyncContext, claimed: dict[int, list[OutboxEntry]], counte
     _person_contacts(ctx, {**bulk_made, **made, **created}, pending)
     if created:
         _owners_chosen_by_rule(ctx, created, pending)
+
+
+def _record_pending_writes(ctx: SyncContext, pending: dict[int, dict[str, Any]], links: dict[str, CrmLink]) -> None:
+    """[R24] Before the updates go out: what each should leave behind, so that a write the CRM applied but whose
+    answer was lost is still known as ours when the record is read again (``settle_pending_write``)."""
+    rows: dict[int, dict[str, Any]] = {}
+    for item in pending.values():
+        record = item["record"]
+        link = links.get(id18(record.id).lower()) if record is not None else None
+        if link is not None:
+            rows[link.pk] = {"pending_write": {"hash": written_hash(record, item["payload"], ctx.mappings),
+                                               "baseline": item["resolution"].baseline_after}}
+    fastwrite.update(CrmLink, rows, ["pending_write"])
 
 
 def _send(ctx: SyncContext, items: list[OutboxItem], upsert_fields: dict[str, str | None],
@@ -727,6 +742,11 @@ def _outcome(ctx: SyncContext, prospect: Prospect, entries: list[OutboxEntry], i
         errors.record(connector, direction=TO_CRM, code=error.code, message=error.message, prospect_id=prospect.pk,
                       crm_id=crm_id, fields=error.fields, http_status=error.http_status, next_retry_at=when)
         return
+    if (info.record_deleted or info.lead_converted) and max(e.attempts for e in entries) < 5:
+        # Merged, converted or deleted between our read and our write: once a poll has followed the record
+        # ([R13], [R31], [R32]) the change goes to the survivor or the contact (or stops for a CRM-deleted prospect).
+        _reschedule(entries, timezone.now() + dt.timedelta(seconds=30))
+        return
     errors.record(connector, direction=TO_CRM, code=error.code, message=error.message, prospect_id=prospect.pk,
                   crm_id=crm_id, fields=error.fields, http_status=error.http_status)
     _done(entries, OutboxEntry.Status.FAILED)
@@ -737,7 +757,7 @@ def _after_write(ctx: SyncContext, prospect: Prospect, record: CrmRecord, payloa
     """Design note 3: link hashes, baseline and modstamp after a successful (or unnecessary) write."""
     values = {"prospect": prospect, "crm_object": record.object_type, "last_synced_at": now,
               "last_read_hash": record_hash(record, ctx.mappings), "last_crm_modstamp": record.system_modstamp,
-              "baseline": resolution.baseline_after}
+              "baseline": resolution.baseline_after, "pending_write": {}}
     if payload:
         # The CRM now holds what we wrote: that is both the echo to expect and the last known CRM state.
         values["last_written_hash"] = values["last_read_hash"] = written_hash(record, payload, ctx.mappings)

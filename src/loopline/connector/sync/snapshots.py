@@ -9,8 +9,9 @@ from typing import Any
 
 from loopline.prospects.models import Prospect
 
-from ..engine import ProspectSnapshot, SyncState
+from ..engine import CrmRecord, ProspectSnapshot, SyncState
 from ..engine.model import Direction, FieldMapping
+from ..engine.resolve import adopt_pending_write
 from ..engine.values import field_digest, normalise, to_loopline_value
 from ..models import CrmLink, CrmUser
 
@@ -85,6 +86,17 @@ def state_of(link: CrmLink | None) -> SyncState | None:
     return SyncState(last_written_hash=link.last_written_hash, last_read_hash=link.last_read_hash,
                      last_crm_modstamp=link.last_crm_modstamp, last_synced_at=link.last_synced_at,
                      baseline=link.baseline if link.baseline else None)
+
+
+def settle_pending_write(link: CrmLink | None, record: CrmRecord, mappings: Iterable[FieldMapping]) -> None:
+    """Fold a write whose answer was lost into ``link`` (in memory) once ``record`` shows it applied
+    (:func:`~..engine.resolve.adopt_pending_write`); the next save of the link persists it."""
+    if link is None or not link.pending_write:
+        return
+    baseline, written = adopt_pending_write(link.pending_write, record, mappings, link.baseline or None,
+                                            link.last_written_hash)
+    link.baseline = baseline or {}
+    link.last_written_hash = written
 
 
 def split_writes(to_loopline: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -321,3 +321,33 @@ def test_crm_merge_into_a_recycled_prospect_brings_it_back(connector, crm, bu, u
     loser.refresh_from_db()
     assert loser.merged_into_id == winner.pk and loser.is_deleted
     assert not winner.is_deleted and not winner.crm_deleted
+
+
+def test_a_change_pushed_to_a_record_merged_away_meanwhile_reaches_the_survivor(
+    admin_access, connector, crm, bu, unique, monkeypatch
+):  # [R32], [R25]
+    from django.utils import timezone
+
+    from loopline.connector import services
+    from loopline.connector.sync import push
+
+    loser_id, p = _pulled_lead(connector, crm, bu, f"race.{unique}@example.test")
+    services.update_settings(admin_access, connector, {"auto_create_prospects": False})
+    winner_id = crm.create("Lead", LastName="Survivor", Company="Co", Email=f"win.{unique}@example.test")
+    read = push.fetch_candidates
+
+    def merged_right_after_the_read(ctx, snaps):
+        found = read(ctx, snaps)
+        crm.request("POST", "/_sandbox/merge", json={"object": "Lead", "masterId": winner_id, "mergeIds": [loser_id]})
+        return found
+
+    prospects.update_prospect(p, {"job_title": "Head of Racing"})
+    monkeypatch.setattr(push, "fetch_candidates", merged_right_after_the_read)
+    drain_all(connector)  # the write meets ENTITY_IS_DELETED
+    monkeypatch.setattr(push, "fetch_candidates", read)
+    assert OutboxEntry.objects.filter(prospect=p, status=OutboxEntry.Status.PENDING).exists()  # not given up
+    OutboxEntry.objects.filter(prospect=p, status=OutboxEntry.Status.PENDING).update(next_run_at=timezone.now())
+    sync(connector)
+    p.refresh_from_db()
+    assert p.crm_lead_id == winner_id
+    assert crm.get("Lead", winner_id)["Title"] == "Head of Racing"

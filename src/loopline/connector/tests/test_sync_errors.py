@@ -139,6 +139,7 @@ def test_request_limit_exceeded_pauses_without_losing_changes(connector, crm, bu
     connector.refresh_from_db()
     assert connector.status == Connector.Status.ACTIVE
     assert connector.paused_until and connector.paused_until > timezone.now()
+    assert "API limit is exhausted" in connector.last_error  # [R28] the status page says why
     assert pending(connector) == 1  # nothing lost
     assert worker.run_once() == {"polled": 0, "pulled": 0, "pushed": 0}  # waits
     # The window rolls.
@@ -150,6 +151,8 @@ def test_request_limit_exceeded_pauses_without_losing_changes(connector, crm, bu
     p.refresh_from_db()
     assert p.crm_lead_id and pending(connector) == 0
     assert len(crm.query(f"SELECT Id FROM Lead WHERE Email = '{p.email}'")) == 1
+    connector.refresh_from_db()
+    assert connector.paused_until is None and connector.last_error == ""  # the pause is over: no stale message
 
 
 def test_budget_slows_polling_at_70_percent(connector):  # [R27]

@@ -208,3 +208,53 @@ def test_link_writes_round_trip_awkward_values(db, bu, admin_access):  # [R24] t
     pks = fastwrite.select_pks(CrmLink, "connector_id = %b AND crm_id = ANY(%b)",
                                [connector.pk, ["00Q000000000002AAA", "nope"]])
     assert pks is None or pks == [second.pk]  # None: not PostgreSQL, callers use the ORM
+
+
+def _linked_lead(connector, crm, bu, admin_user, unique, **fields):
+    p = prospects.create_prospect(bu, {"email": f"echo.{unique}@example.test", "last_name": "Echo", **fields})
+    prospects.assign_prospect(p, admin_user)
+    drain_all(connector)
+    p.refresh_from_db()
+    assert p.crm_lead_id
+    return p
+
+
+def test_a_write_whose_answer_was_lost_does_not_come_back_as_a_crm_change(connector, crm, bu, admin_user, unique):
+    # [R24], [R25] the CRM applies an update but its answer is lost. The connector user's write must still be
+    # recognised as our own echo: a later Loopline edit of the same field wins, not the value we wrote before.
+    p = _linked_lead(connector, crm, bu, admin_user, unique, job_title="Analyst")
+    prospects.update_prospect(p, {"job_title": "Manager"})
+    crm.faults(error_rates={"LOST_RESPONSE": 1}, writes_only=True)
+    push.drain(connector)
+    crm.faults(reset=True)
+    assert crm.get("Lead", p.crm_lead_id)["Title"] == "Manager"  # applied, though we never heard so
+    p.refresh_from_db()
+    prospects.update_prospect(p, {"job_title": "Director"})
+    OutboxEntry.objects.filter(prospect=p, status=OutboxEntry.Status.PENDING).update(next_run_at=timezone.now())
+    sync(connector, rounds=2)
+    p.refresh_from_db()
+    assert p.job_title == "Director"
+    assert crm.get("Lead", p.crm_lead_id)["Title"] == "Director"
+
+
+def test_a_lost_write_then_a_poll_before_the_retry_keeps_the_later_loopline_edit(connector, crm, bu, admin_user,
+                                                                                  unique):
+    # [R24] as above, but the poll reads the connector user's write before the push is retried.
+    p = _linked_lead(connector, crm, bu, admin_user, unique, job_title="Analyst")
+    prospects.update_prospect(p, {"job_title": "Manager"})
+    crm.faults(error_rates={"LOST_RESPONSE": 1}, writes_only=True)
+    push.drain(connector)
+    crm.faults(reset=True)
+    p.refresh_from_db()
+    prospects.update_prospect(p, {"job_title": "Director"})
+    connector.refresh_from_db()
+    from loopline.connector.sync import pull
+
+    pull.poll(connector)
+    p.refresh_from_db()
+    assert p.job_title == "Director"
+    OutboxEntry.objects.filter(prospect=p, status=OutboxEntry.Status.PENDING).update(next_run_at=timezone.now())
+    sync(connector)
+    p.refresh_from_db()
+    assert p.job_title == "Director"
+    assert crm.get("Lead", p.crm_lead_id)["Title"] == "Director"

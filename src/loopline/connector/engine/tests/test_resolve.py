@@ -16,7 +16,14 @@ from loopline.connector.engine.model import (
     SyncState,
     default_mapping,
 )
-from loopline.connector.engine.resolve import EchoVerdict, FieldOutcome, is_echo, record_hash, resolve
+from loopline.connector.engine.resolve import (
+    EchoVerdict,
+    FieldOutcome,
+    adopt_pending_write,
+    is_echo,
+    record_hash,
+    resolve,
+)
 from loopline.connector.engine.values import field_digest
 
 from .factories import CONNECTOR_USER, CONTACT_ID, OWNER_ID, at, contact, lead, prospect, settings
@@ -337,6 +344,33 @@ def test_connector_user_with_nothing_new_is_echo_and_others_unchanged():
     assert is_echo(r, state, CONNECTOR_USER, MAPPINGS).verdict is EchoVerdict.ECHO
     other = lead({"Title": "CEO"}, modstamp=at(5), last_modified_by_id="005OTHER")
     assert is_echo(other, state, CONNECTOR_USER, MAPPINGS).verdict is EchoVerdict.UNCHANGED
+
+
+def test_a_lost_write_seen_applied_is_our_echo_and_its_fields_are_not_crm_changes():
+    # [R24], [R25] we sent Title "CTO" (baseline said "CEO") and never heard back; the CRM applied it.
+    title = field_digest(FieldKind.TEXT, "CTO")
+    written = lead({"Title": "CTO"}, modstamp=at(5), last_modified_by_id=CONNECTOR_USER)
+    pending = {"hash": record_hash(written, MAPPINGS), "baseline": {"job_title": title}}
+    baseline, last_written = adopt_pending_write(pending, written, MAPPINGS, {"job_title": "old"}, "")
+    assert baseline == {"job_title": title}
+    state = SyncState(last_written_hash=last_written, baseline=baseline, last_crm_modstamp=at(1))
+    assert is_echo(written, state, CONNECTOR_USER, MAPPINGS).verdict is EchoVerdict.ECHO
+    # A later Loopline edit of the same field is a one-sided change, whatever the behaviour says.
+    p = prospect({"job_title": "CFO"}, crm_lead_id=written.id)
+    res = resolve(p, written, mapping_with("job_title", SyncBehaviour.USE_CRM), settings(), state)
+    assert res.to_crm.get("Title") == "CFO" and "job_title" not in res.to_loopline
+
+
+def test_a_lost_write_overtaken_by_a_crm_edit_adopts_only_the_fields_still_ours():
+    # Another user changed the phone after our (applied) Title write: Title is ours, Phone a CRM change.
+    title = field_digest(FieldKind.TEXT, "CTO")
+    pending = {"hash": "not-this-one", "baseline": {"job_title": title, "phone": field_digest(FieldKind.TEXT, "1")}}
+    r = lead({"Title": "CTO", "Phone": "2"}, modstamp=at(6), last_modified_by_id="005OTHER")
+    baseline, last_written = adopt_pending_write(pending, r, MAPPINGS, {"job_title": "old", "phone": "old"}, "w")
+    assert baseline == {"job_title": title, "phone": "old"} and last_written == "w"
+    # A write that never landed adopts nothing.
+    unapplied = lead({"Title": "CEO"}, modstamp=at(6))
+    assert adopt_pending_write(pending, unapplied, MAPPINGS, {"job_title": "old"}, "")[0] == {"job_title": "old"}
 
 
 def test_replayed_modstamp_is_already_seen():
