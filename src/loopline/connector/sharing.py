@@ -360,6 +360,10 @@ def _apply_visibility(hide: list[tuple[CrmLink, CrmRecord]], show: list[tuple[Cr
         if prospect is None or prospect.pk in hidden or not same_id(prospect.crm_id or "", record.id):
             continue
         hidden.add(prospect.pk)
+        if prospect.crm_deleted:  # undeleted in the CRM since (a hidden record is never a deleted one): say so
+            from .sync.deletions import restore_undeleted
+
+            restore_undeleted(prospect, record)
         prospect_services.move_to_recycle_bin(prospect, reason=NOT_SHARED_REASON)
         _timeline(prospect, f"{record.object_type} {record.id} no longer matches this business unit's marketing "
                   "data sharing rule; moved to the recycle bin", EVENT_HIDDEN, record.id)

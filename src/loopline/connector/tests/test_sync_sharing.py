@@ -135,6 +135,29 @@ def test_a_field_flip_recycles_the_prospect_and_flipping_back_restores_it(two_bu
     assert CrmLink.objects.filter(connector=a, crm_id=lead_id, prospect=p).count() == 1
 
 
+def test_a_record_undeleted_and_flipped_out_before_a_poll_is_no_longer_crm_deleted(two_bus, crm, bu, unique):
+    # [R31], [R36] the poll meets the undelete and the rule flip at once: the prospect waits in the recycle bin as
+    # not shared (not as CRM-deleted), so flipping the record back restores it.
+    a, _ = two_bus
+    email = f"undo.{unique}@example.test"
+    lead_id = _lead(crm, email, Description="Unit A")
+    sync(a)
+    crm.delete("Lead", lead_id)
+    sync(a)
+    p = Prospect.objects.get(bu=bu, email=email)
+    assert p.is_deleted and p.crm_deleted
+    crm.request("POST", "/_sandbox/undelete", json={"ids": [lead_id]})
+    crm.update("Lead", lead_id, Description="Unit B")
+    sync(a)
+    p.refresh_from_db()
+    assert p.is_deleted and not p.crm_deleted
+    assert sharing.hidden_prospect_ids(bu.pk, [p.pk]) == {p.pk}
+    crm.update("Lead", lead_id, Description="Unit A", Title="Back again")
+    sync(a)
+    p.refresh_from_db()
+    assert not p.is_deleted and p.job_title == "Back again"
+
+
 def test_records_read_without_the_rule_field_are_judged_by_it(two_bus, crm, bu, unique):  # [R35]
     """The Bulk API import and reconciliation select only the mapped fields: the rule field is looked up."""
     from django.db import transaction
