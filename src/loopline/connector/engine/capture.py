@@ -253,9 +253,11 @@ def build_soql(
     until: datetime | None = None,
     limit: int | None = None,
     conditions: Sequence[str] = (),
+    ordered: bool = True,
 ) -> str:
     """``SELECT … FROM <object> WHERE SystemModstamp >= <since> ORDER BY SystemModstamp, Id``; person accounts are
-    ``Account`` rows with ``IsPersonAccount = true``. ``conditions``: more SOQL conditions (ANDed)."""
+    ``Account`` rows with ``IsPersonAccount = true``. ``conditions``: more SOQL conditions (ANDed). ``ordered=False``
+    for bulk query jobs, where the order does not matter and costs the CRM a sort."""
     where: list[str] = list(conditions)
     if object_type == CrmObject.PERSON_ACCOUNT:
         where.append("IsPersonAccount = true")
@@ -266,7 +268,8 @@ def build_soql(
     soql = f"SELECT {', '.join(fields)} FROM {sobject_name(object_type)}"
     if where:
         soql += " WHERE " + " AND ".join(where)
-    soql += " ORDER BY SystemModstamp, Id"
+    if ordered:
+        soql += " ORDER BY SystemModstamp, Id"
     if limit is not None:
         soql += f" LIMIT {int(limit)}"
     return soql

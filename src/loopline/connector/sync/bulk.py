@@ -41,14 +41,14 @@ from loopline.platform.models import Job
 from ..engine import BatchLimits, CrmRecord, OutboxItem, RunCounters, WriteOp, plan_push
 from ..engine.batching import BulkJob, CoalescedWrite, WriteOutcome, bulk_outcomes
 from ..engine.budget import ApiUsage, decide_budget
-from ..engine.capture import select_fields
+from ..engine.capture import build_soql, select_fields
 from ..engine.errors import CrmError, ErrorCategory, classify
-from ..engine.model import id18, sobject_name
+from ..engine.model import id18
 from ..models import BulkImportCheckpoint, Connector
 from ..models import Watermark as WatermarkRow
 from ..salesforce.client import CrmApiError, CrmClient
 from . import budget, pull, related, runs
-from .context import POLLED_OBJECTS, SyncContext
+from .context import SyncContext
 
 logger = logging.getLogger("loopline.connector.bulk")
 
@@ -339,7 +339,7 @@ def _wait_for_job(
 def _start_job(ctx: SyncContext, api: BulkQueries, cp: Checkpoint) -> None:
     fields = select_fields(cp.object_type, ctx.mappings)
     # No ORDER BY: the watermark was recorded before the job, so the order of the rows does not matter.
-    soql = f"SELECT {', '.join(fields)} FROM {sobject_name(cp.object_type)}"
+    soql = build_soql(cp.object_type, fields, None, conditions=ctx.soql_filter(cp.object_type), ordered=False)
     created = _call(ctx, lambda: api.create(soql))
     cp.job_id, cp.locator, cp.page_offset, cp.done, cp.pages = str(created["id"]), "", 0, 0, 0
     cp.save(update_fields=["job_id", "locator", "page_offset", "done", "pages", "updated_at"])
@@ -468,14 +468,16 @@ def bulk_initial_import(
     job=None,
     *,
     client=None,
-    objects: Sequence[str] = POLLED_OBJECTS,
+    objects: Sequence[str] | None = None,
     page_records: int | None = None,
     after_chunk: Callable[[Checkpoint], None] | None = None,
 ) -> RunCounters:
-    """Import every live Lead and Contact through Bulk API 2.0, or resume the interrupted import. Returns the whole
+    """Import every live Lead and Contact (and person account, when synced) through Bulk API 2.0, or resume the interrupted import. Returns the whole
     import's counters (earlier, interrupted runs included). ``after_chunk`` is called inside each chunk's
     transaction (tests and the benchmark interrupt the import there)."""
     ctx = SyncContext.load(connector, client)
+    every_object = objects is None
+    objects = ctx.polled_objects if objects is None else tuple(objects)  # [R14] person accounts when on
     if not pending(connector):
         _record_watermarks(connector, objects)
     if job is not None:  # a resumed import (same job or a new one) shows what earlier runs already applied
@@ -497,9 +499,7 @@ def bulk_initial_import(
             _import_object(
                 ctx, cp, run.counters, job, page_records=page_records or PAGE_RECORDS, after_chunk=after_chunk
             )
-    if (
-        tuple(objects) == POLLED_OBJECTS
-    ):  # then the existing contact roles, deals and campaign members ([R38], [R40])
+    if every_object:  # then the existing contact roles, deals and campaign members ([R38], [R40])
         related.initial_import(connector, client=ctx.client)
     total = RunCounters()
     for cp in Checkpoint.objects.filter(connector=connector, object_type__in=objects):

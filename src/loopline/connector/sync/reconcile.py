@@ -26,13 +26,13 @@ from django.db import transaction
 from django.db.models import F
 
 from ..engine import RunCounters
-from ..engine.capture import select_fields
+from ..engine.capture import build_soql, select_fields
 from ..engine.model import CrmObject, CrmRecord
 from ..engine.reconcile import compare, differing_buckets, summarise
 from ..engine.resolve import record_hash
 from ..models import Connector, CrmLink
 from . import runs
-from .context import POLLED_OBJECTS, SyncContext
+from .context import SyncContext
 from .pull import OVERLAP, _pages, apply_records, fetch_records
 
 logger = logging.getLogger("loopline.connector.sync")
@@ -81,9 +81,11 @@ class ReconcileReport:
 
 
 def _crm_query(ctx: SyncContext, object_type: str) -> str:
-    soql = f"SELECT {', '.join(select_fields(object_type, ctx.mappings))} FROM {object_type}"
-    # A converted lead lives on as its contact ([R13]); its lead is history, not drift.
-    return soql + (" WHERE IsConverted = false" if object_type == CrmObject.LEAD else "")
+    # A converted lead lives on as its contact ([R13]); its lead is history, not drift. A person contact syncs as its
+    # person account ([R14]).
+    conditions = [*ctx.soql_filter(object_type), *(["IsConverted = false"] if object_type == CrmObject.LEAD else [])]
+    return build_soql(object_type, select_fields(object_type, ctx.mappings), None, conditions=conditions,
+                      ordered=False)
 
 
 def _current_links(connector: Connector, object_type: str) -> dict[str, tuple[str, str]]:
@@ -94,6 +96,8 @@ def _current_links(connector: Connector, object_type: str) -> dict[str, tuple[st
         links = links.filter(prospect__crm_lead_id=F("crm_id"), prospect__crm_contact_id="")
     elif object_type == CrmObject.CONTACT:
         links = links.filter(prospect__crm_contact_id=F("crm_id"))
+    elif object_type == CrmObject.PERSON_ACCOUNT:
+        links = links.filter(prospect__crm_account_id=F("crm_id"))
     return {crm_id: (read, written) for crm_id, read, written
             in links.values_list("crm_id", "last_read_hash", "last_written_hash").iterator(chunk_size=5000)}
 
@@ -105,8 +109,9 @@ def _apply(ctx: SyncContext, records: Sequence[CrmRecord], counters: RunCounters
 
 
 def reconcile(connector: Connector, *, client=None, limit: int = REPAIR_LIMIT,
-              objects: Sequence[str] = POLLED_OBJECTS) -> ReconcileReport:
+              objects: Sequence[str] | None = None) -> ReconcileReport:
     ctx = SyncContext.load(connector, client)
+    objects = ctx.polled_objects if objects is None else objects  # [R14] person accounts when synced
     report = ReconcileReport()
     with runs.sync_run(connector, "reconcile", client=ctx.client) as run:
         report.counters = run.counters

@@ -38,6 +38,7 @@ from .context import POLLED_OBJECTS
 logger = logging.getLogger("loopline.connector.worker")
 
 MAX_DRAIN_BATCHES = 200
+TRANSIENT_BACKOFF = 5.0  # after a failure that may pass by itself (the scheduled path's single retry delay)
 PUSH_THREADS = 4
 
 
@@ -67,7 +68,7 @@ def handle_crm_failure(connector: Connector, exc: Exception, what: str) -> float
         return 60.0
     WatermarkRow.objects.filter(connector=connector).update(last_error=f"{what}: {exc}"[:500])
     logger.warning("connector %s %s failed: %s", connector.pk, what, exc)
-    return 5.0
+    return TRANSIENT_BACKOFF
 
 
 class ConnectorWorker:
@@ -77,7 +78,9 @@ class ConnectorWorker:
         self.stop_event = threading.Event()
         self.next_poll: dict[int, float] = {}
         self.recent: dict[int, deque[int]] = defaultdict(lambda: deque(maxlen=8))
-        self.not_before: dict[int, float] = {}
+        # Per connector and direction: a failed push must not hold up polling, nor a failed poll the push.
+        self.not_before: dict[tuple[int, str], float] = {}
+        self.failures: dict[tuple[int, str], int] = defaultdict(int)
 
     def connectors(self) -> list[Connector]:
         qs = Connector.objects.select_related("bu").filter(status=Connector.Status.ACTIVE)
@@ -85,51 +88,75 @@ class ConnectorWorker:
             qs = qs.filter(pk__in=self.connector_ids)
         return list(qs)
 
+    def _failed(self, connector: Connector, exc: Exception, what: str) -> None:
+        delay = handle_crm_failure(connector, exc, what)
+        key = (connector.pk, what)
+        if delay == TRANSIENT_BACKOFF:
+            # One 503 or lock error is usually gone a second later: 1, 2, 4 … 30 s while failures repeat.
+            self.failures[key] += 1
+            delay = min(30.0, 2.0 ** (self.failures[key] - 1))
+        self.not_before[key] = time.monotonic() + delay
+
+    def _ok(self, connector: Connector, what: str) -> None:
+        self.failures.pop((connector.pk, what), None)
+
+    def _waiting(self, connector: Connector, what: str) -> bool:
+        return self.not_before.get((connector.pk, what), 0) > time.monotonic()
+
     def run_once(self) -> dict[str, int]:
         """One pass over the active connectors: poll the due ones, drain every outbox. Returns work done."""
         done = {"polled": 0, "pulled": 0, "pushed": 0}
-        now = time.monotonic()
         for connector in self.connectors():
-            if budget.blocked(connector) or self.not_before.get(connector.pk, 0) > now:
+            if budget.blocked(connector):
                 continue
-            if now >= self.next_poll.get(connector.pk, 0):
-                interval = pull.next_interval(connector, list(self.recent[connector.pk]))
-                try:
-                    counters = pull.poll(connector)
-                except (CrmApiError, AuthError) as exc:
-                    self.not_before[connector.pk] = time.monotonic() + handle_crm_failure(connector, exc, "poll")
-                    continue
-                fetched = counters.fetched - counters.skipped.get("already_seen", 0)
-                self.recent[connector.pk].append(fetched)
-                done["polled"] += 1
-                done["pulled"] += fetched
-                self.next_poll[connector.pk] = time.monotonic() + pull.next_interval(
-                    connector, list(self.recent[connector.pk])) if fetched == 0 else time.monotonic() + min(
-                    interval, float(pull.ctx_settings(connector)["poll_interval_seconds"]))
-            try:
-                if push.backlog(connector) > push.BATCH:  # a big backlog: several drains at once
-                    done["pushed"] += push.drain_parallel(connector, threads=PUSH_THREADS)
-            except (CrmApiError, AuthError) as exc:
-                self.not_before[connector.pk] = time.monotonic() + handle_crm_failure(connector, exc, "push")
-                continue
-            for _ in range(MAX_DRAIN_BATCHES):
-                try:
-                    counters = push.drain(connector)
-                except (CrmApiError, AuthError) as exc:
-                    self.not_before[connector.pk] = time.monotonic() + handle_crm_failure(connector, exc, "push")
-                    break
-                if counters.note == "the outbox is empty":
-                    break
-                done["pushed"] += counters.created + counters.updated
-                if budget.blocked(connector):
-                    break
-            # [R38] campaign members, [R39] email tasks — unless the CRM just failed (backing off) or the budget says no
-            if not budget.blocked(connector) and self.not_before.get(connector.pk, 0) <= time.monotonic():
-                try:
-                    done["pushed"] += sum(related.push(connector).values())
-                except (CrmApiError, AuthError) as exc:
-                    self.not_before[connector.pk] = time.monotonic() + handle_crm_failure(connector, exc, "push")
+            if time.monotonic() >= self.next_poll.get(connector.pk, 0) and not self._waiting(connector, "poll"):
+                self._poll(connector, done)
+            if not self._waiting(connector, "push"):
+                self._push(connector, done)
         return done
+
+    def _poll(self, connector: Connector, done: dict[str, int]) -> None:
+        interval = pull.next_interval(connector, list(self.recent[connector.pk]))
+        try:
+            counters = pull.poll(connector)
+        except (CrmApiError, AuthError) as exc:
+            self._failed(connector, exc, "poll")
+            return
+        self._ok(connector, "poll")
+        fetched = counters.fetched - counters.skipped.get("already_seen", 0)
+        self.recent[connector.pk].append(fetched)
+        done["polled"] += 1
+        done["pulled"] += fetched
+        self.next_poll[connector.pk] = time.monotonic() + pull.next_interval(
+            connector, list(self.recent[connector.pk])) if fetched == 0 else time.monotonic() + min(
+            interval, float(pull.ctx_settings(connector)["poll_interval_seconds"]))
+
+    def _push(self, connector: Connector, done: dict[str, int]) -> None:
+        try:
+            if push.backlog(connector) > push.BATCH:  # a big backlog: several drains at once
+                done["pushed"] += push.drain_parallel(connector, threads=PUSH_THREADS)
+        except (CrmApiError, AuthError) as exc:
+            self._failed(connector, exc, "push")
+            return
+        for _ in range(MAX_DRAIN_BATCHES):
+            try:
+                counters = push.drain(connector)
+            except (CrmApiError, AuthError) as exc:
+                self._failed(connector, exc, "push")
+                return
+            self._ok(connector, "push")
+            if counters.note == "the outbox is empty":
+                break
+            done["pushed"] += counters.created + counters.updated
+            # A steady stream of Loopline changes must not starve polling: CRM changes wait at most one poll.
+            if budget.blocked(connector) or time.monotonic() >= self.next_poll.get(connector.pk, 0):
+                break
+        # [R38] campaign members, [R39] email tasks — unless the CRM just failed (backing off) or the budget says no
+        if not budget.blocked(connector) and not self._waiting(connector, "push"):
+            try:
+                done["pushed"] += sum(related.push(connector).values())
+            except (CrmApiError, AuthError) as exc:
+                self._failed(connector, exc, "push")
 
     def run(self) -> None:
         logger.info("connector worker started")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 from django.utils import timezone
@@ -175,3 +176,27 @@ def mailoutbox(settings):
     settings.MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend", "OPTIONS": {}}}
     mail.outbox = []
     return mail.outbox
+
+
+def test_a_failing_push_backs_off_briefly_without_holding_up_polling(connector, crm, monkeypatch):  # [R22], [R26]
+    from loopline.connector.salesforce.client import CrmApiError
+    from loopline.connector.sync import push
+    from loopline.connector.sync.worker import ConnectorWorker
+
+    def unavailable(*args, **kwargs):
+        raise CrmApiError("SERVER_UNAVAILABLE", "Server temporarily unavailable", 503)
+
+    monkeypatch.setattr(push, "drain", unavailable)
+    worker = ConnectorWorker([connector.pk])
+    assert worker.run_once()["polled"] == 1
+    assert worker.failures[(connector.pk, "push")] == 1
+    first_wait = worker.not_before[(connector.pk, "push")] - time.monotonic()
+    assert 0 < first_wait <= 1.0  # a single transient failure waits a second, not minutes
+    lead_id = crm.create("Lead", LastName="Polled", Company="Co", Email="polled.while.push.waits@example.test")
+    worker.next_poll[connector.pk] = 0  # the next poll is due; the push is still backing off
+    assert worker.run_once()["pulled"] >= 1
+    assert Prospect.objects.filter(crm_lead_id=lead_id).exists()
+    worker.not_before[(connector.pk, "push")] = 0
+    worker.run_once()
+    assert worker.failures[(connector.pk, "push")] == 2  # repeated failures wait longer
+    assert worker.not_before[(connector.pk, "push")] - time.monotonic() > first_wait

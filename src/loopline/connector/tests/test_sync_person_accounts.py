@@ -264,6 +264,49 @@ def test_initial_import_brings_person_accounts_once(admin_access, crm, crm_app, 
     assert not CrmLink.objects.filter(connector=connector, crm_id=account["PersonContactId"]).exists()
 
 
+def test_the_bulk_import_brings_person_accounts_once_and_their_contacts_not_as_contacts(
+    admin_access, crm, crm_app, bu, unique
+):  # [R10], [R14], [R23] the Bulk API 2.0 path of the initial import
+    from loopline.connector.sync import bulk
+
+    email = f"bulk.{unique}@example.test"
+    account_id, account = _person(crm, email)
+    connector = make_connector(admin_access, crm, crm_app, sync_person_accounts=True)
+    counters = bulk.bulk_initial_import(connector)
+    p = Prospect.objects.get(bu=bu, email=email)
+    assert p.crm_account_id == account_id and p.crm_contact_id == account["PersonContactId"]
+    assert CrmLink.objects.get(connector=connector, crm_id=account_id).crm_object == "PersonAccount"
+    assert not CrmLink.objects.filter(connector=connector, crm_id=account["PersonContactId"]).exists()
+    assert counters.created >= 1
+    assert set(bulk.progress(connector)) == {"Lead", "Contact", "PersonAccount"}
+
+
+def test_reconciliation_repairs_a_person_account_change_polling_missed(pa_connector, crm, bu, unique):
+    # [R22], [R14] the scheduled comparison covers person accounts, not their person contacts.
+    import datetime as dt
+
+    from loopline.connector.models import Watermark
+    from loopline.connector.sync import reconcile
+
+    email = f"drift.{unique}@example.test"
+    account_id, _ = _person(crm, email)
+    sync(pa_connector)
+    p = Prospect.objects.get(bu=bu, email=email)
+    Watermark.objects.filter(connector=pa_connector).update(  # polling misses what happens next
+        modstamp=dt.datetime.now(dt.UTC) + dt.timedelta(days=1), recent_keys=[])
+    crm.update("Account", account_id, PersonTitle="Changed unseen")
+    sync(pa_connector)
+    p.refresh_from_db()
+    assert p.job_title != "Changed unseen"
+    report = reconcile.reconcile(pa_connector)
+    person = next(o for o in report.objects if o.object_type == "PersonAccount")
+    assert person.changed >= 1 and person.links >= 1
+    contact = next(o for o in report.objects if o.object_type == "Contact")
+    assert contact.unlinked == 0  # the person contact is not a contact of its own
+    p.refresh_from_db()
+    assert p.job_title == "Changed unseen"
+
+
 def test_send_to_loopline_and_sync_now_with_a_person_account(
     pa_connector, admin_access, crm, bu, unique
 ):  # [R3], [R14]
