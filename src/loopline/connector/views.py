@@ -632,13 +632,91 @@ def import_job(request, job_id: int):
 
 def _import_status_context(job: Job) -> dict[str, Any]:
     waiting = (job.status == Job.Status.QUEUED and (timezone.now() - job.created_at).total_seconds() > 10)
-    return {"job": job, "result": job.result or {}, "waiting_for_worker": waiting}
+    if job.kind == initial_import.EXPORT_KIND:
+        return {"job": job, "waiting_for_worker": waiting, **_export_copy(job)}
+    return {"job": job, "result": job.result or {}, "waiting_for_worker": waiting,
+            "result_rows": [(str(k)[:1].upper() + str(k)[1:], v) for k, v in (job.result or {}).items()],
+            "copy": IMPORT_COPY}
+
+
+# The progress page and its status fragment serve the import and the export; these are the words that differ.
+IMPORT_COPY = {
+    "title": "Initial import", "intro": "the import goes on in the background", "finished": "Initial import finished",
+    "stopped": "Initial import stopped", "running": "Importing CRM records…", "items": "CRM records",
+    "work": "import", "status_url": "connector:import_status",
+}
+EXPORT_COPY = {
+    "title": "Send prospects to the CRM", "intro": "the prospects are sent in the background",
+    "finished": "Prospects sent to the CRM", "stopped": "Sending prospects stopped",
+    "running": "Sending prospects to the CRM…", "items": "prospects", "work": "export",
+    "status_url": "connector:export_status",
+}
+EXPORT_RESULT_LABELS = {
+    "queued": "Queued for the CRM",
+    "already_queued": "Already waiting in the outbox",
+    "synced": "Linked to a CRM record so far",
+    "created": "Created a CRM record",
+    "linked": "Linked to an existing CRM record",
+    "skipped": "Skipped (unassigned with no matching record, …)",
+    "failed": "Failed (see the sync error queue)",
+    "note": "Note",
+}
+
+
+def _export_copy(job: Job) -> dict[str, Any]:
+    params = job.params or {}
+    connector = Connector.objects.filter(pk=int(params.get("connector_id") or 0), bu_id=job.bu_id).first()
+    notice = ""
+    if not job.is_finished and connector is not None and connector.status != Connector.Status.ACTIVE:
+        notice = ("The connector is paused: the queued prospects wait in the outbox, and the export continues once "
+                  "the connector is resumed.")
+    queueing = job.status == Job.Status.RUNNING and not params.get("queued_all")
+    if queueing:
+        notice = (f"Queueing prospects: {int(params.get('queued') or 0) + int(params.get('already_queued') or 0)} "
+                  f"of {job.total} so far. {notice}").strip()
+    result = job.result or {}
+    rows = [(EXPORT_RESULT_LABELS.get(k, k), v) for k, v in result.items() if k != "already_queued" or v]
+    return {"result": result, "result_rows": rows, "copy": EXPORT_COPY, "notice": notice}
 
 
 @require_GET
 @member_required(ADMIN)
 def import_status(request, job_id: int):
     job = _import_job(request, job_id)
+    return render(request, "connector/_import_status.html", _import_status_context(job))
+
+
+# --- Initial export: existing prospects to the CRM ([R11], [R23]) --------------------------------------------------
+
+
+def _export_job(request, job_id: int) -> Job:
+    return get_object_or_404(Job, pk=job_id, bu=request.access.bu, kind=initial_import.EXPORT_KIND)
+
+
+@require_POST
+@member_required(ADMIN)
+def export_start(request):
+    connector = _require_connector(request)
+    try:
+        job = initial_import.start_initial_export(request.access, connector)
+    except ValidationError as exc:
+        messages.error(request, _first_message(exc))
+        return redirect("connector:metadata")
+    return redirect("connector:export_job", job_id=job.pk)
+
+
+@member_required(ADMIN)
+def export_job(request, job_id: int):
+    connector = _require_connector(request)
+    job = initial_import.refresh_stale_export(_export_job(request, job_id))
+    return _render(request, "connector/import_progress.html",
+                   {"connector": connector, **_import_status_context(job)})
+
+
+@require_GET
+@member_required(ADMIN)
+def export_status(request, job_id: int):
+    job = initial_import.refresh_stale_export(_export_job(request, job_id))
     return render(request, "connector/_import_status.html", _import_status_context(job))
 
 
@@ -660,6 +738,8 @@ def _metadata_context(connector: Connector, role_form: ProfileRoleForm | None = 
         "profile_fields": [(p, form[f"profile_{i}"]) for i, p in enumerate(form.profiles)],
         "campaigns": Campaign.objects.filter(bu=connector.bu).exclude(crm_campaign_id="").order_by("name"),
         "last_run": SyncRun.objects.filter(connector=connector, kind="metadata").first(),
+        "export_job": initial_import.running_export(connector),
+        "connector_settings": services.settings_of(connector),
     }
 
 
