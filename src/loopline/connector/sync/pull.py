@@ -494,9 +494,11 @@ def _save_link(ctx: SyncContext, prospect: Prospect, record: CrmRecord, link: Cr
             else:
                 new.pop(name, None)
         baseline = new
+    # A newer CRM state than our last write is now the reference: if a user later restores exactly the values we
+    # wrote, that is their change, not our echo ([R24]; an A-B-A the written hash alone would hide).
     values = {"prospect": prospect, "crm_object": record.object_type, "last_read_hash": record_hash(record,
               ctx.mappings), "last_crm_modstamp": record.system_modstamp, "last_synced_at": now,
-              "baseline": baseline, "pending_write": {}}
+              "baseline": baseline, "pending_write": {}, "last_written_hash": ""}
     if link is None:
         CrmLink.objects.update_or_create(connector=ctx.connector, crm_id=record.id, defaults=values)
     else:

@@ -761,6 +761,8 @@ def _after_write(ctx: SyncContext, prospect: Prospect, record: CrmRecord, payloa
     if payload:
         # The CRM now holds what we wrote: that is both the echo to expect and the last known CRM state.
         values["last_written_hash"] = values["last_read_hash"] = written_hash(record, payload, ctx.mappings)
+    else:  # nothing written: the record as read is the reference (see pull._save_link)
+        values["last_written_hash"] = ""
     update: dict[str, Any] = {k: v for k, v in link_ids.items() if v}
     update["crm_last_sync_at"] = now
     if record.owner_id and record.owner_id != prospect.crm_owner_id:

@@ -258,3 +258,21 @@ def test_a_lost_write_then_a_poll_before_the_retry_keeps_the_later_loopline_edit
     p.refresh_from_db()
     assert p.job_title == "Director"
     assert crm.get("Lead", p.crm_lead_id)["Title"] == "Director"
+
+
+def test_a_crm_user_restoring_the_values_we_last_wrote_is_a_change_not_our_echo(connector, crm, bu, admin_user,
+                                                                                 unique):
+    # [R24] A-B-A: we wrote "Manager"; a CRM user changes it to "Director", the poll applies that; then the user
+    # restores "Manager" — the same values as our last write, but their change, which must reach Loopline.
+    p = _linked_lead(connector, crm, bu, admin_user, unique, job_title="Analyst")
+    prospects.update_prospect(p, {"job_title": "Manager"})
+    sync(connector)
+    assert crm.get("Lead", p.crm_lead_id)["Title"] == "Manager"
+    crm.update("Lead", p.crm_lead_id, Title="Director")
+    sync(connector)
+    p.refresh_from_db()
+    assert p.job_title == "Director"
+    crm.update("Lead", p.crm_lead_id, Title="Manager")
+    sync(connector)
+    p.refresh_from_db()
+    assert p.job_title == "Manager"
