@@ -179,7 +179,7 @@ def measure_render(bu, email, count: int) -> tuple[float, bytes]:
     ids = list(Prospect.objects.filter(bu=bu).values_list("pk", "email")[:count])
     rows = [Delivery(pk=i + 1, send=send, prospect_id=pid, address=addr) for i, (pid, addr) in enumerate(ids)]
     renderer = services._BatchRenderer(send)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.thread_time()
     made = 0
     sample = b""
     for start in range(0, len(rows), 250):
@@ -187,9 +187,11 @@ def measure_render(bu, email, count: int) -> tuple[float, bytes]:
             if isinstance(item, sending.Outgoing):
                 made += 1
                 sample = sample or item.raw
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
     assert made == len(rows), (made, len(rows))
     send.delete()
+    # Wall clock: on a shared 2-core machine another busy process halves it; the CPU figure shows the render cost.
+    log(f"render: {made / max(cpu, 1e-9):.0f}/s of this thread's CPU ({cpu / elapsed:.0%} of the wall time)")
     return made / elapsed, sample
 
 
@@ -210,6 +212,15 @@ def measure_raw(port: int, connections: int, count: int, raw: bytes) -> float:
     for t in threads:
         t.join()
     return per * connections / (time.perf_counter() - t0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat; 0 where /proc is missing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sent_count(send_id: int) -> int:
@@ -261,8 +272,10 @@ def main() -> None:
             render_per_s, sample = measure_render(bu, email, min(n, 10_000))
             log(f"render: {render_per_s:.0f}/s; a message is {len(sample)} bytes")
             raw_count = max(args.connections * 50, min(20_000, n // 5))
+            sink_cpu0, raw_t0 = cpu_seconds(sink.pid), time.perf_counter()
             raw_per_s = measure_raw(port, args.connections, raw_count, sample)
-            log(f"raw SMTP: {raw_per_s:.0f}/s over {raw_count} messages")
+            raw_sink_cpu = (cpu_seconds(sink.pid) - sink_cpu0) / (time.perf_counter() - raw_t0)
+            log(f"raw SMTP: {raw_per_s:.0f}/s over {raw_count} messages (sink CPU {raw_sink_cpu:.0%})")
             send = services.create_list_send(access, email, [pl.pk])
             t0 = time.perf_counter()
             queued = services.start_send(send.pk)
@@ -274,10 +287,12 @@ def main() -> None:
             kill_at = int(queued * args.kill_at)
             first_at = None
             first_count = 0
+            cpu0 = (0.0, 0.0)
             while worker.poll() is None:
                 done = sent_count(send.pk)
                 if done and first_at is None:
                     first_at, first_count = time.perf_counter(), done
+                    cpu0 = (cpu_seconds(worker.pid), cpu_seconds(sink.pid))
                 if done >= kill_at:
                     break
                 time.sleep(0.2)  # the count scans the ledger: polling it often would slow the worker it measures
@@ -287,12 +302,15 @@ def main() -> None:
             time.sleep(random.uniform(0.0, 0.05))
             killed_at = time.perf_counter()
             done_at_kill = sent_count(send.pk)
+            span = max(killed_at - (first_at or killed_at), 1e-9)
+            worker_cpu = (cpu_seconds(worker.pid) - cpu0[0]) / span if first_at else 0.0
+            sink_cpu = (cpu_seconds(sink.pid) - cpu0[1]) / span if first_at else 0.0
             if worker.poll() is None:
                 worker.send_signal(signal.SIGKILL)
                 worker.wait()
                 log(f"SIGKILLed the worker at {done_at_kill}/{queued}")
             msgs_per_s = (done_at_kill - first_count) / max(killed_at - (first_at or killed_at), 1e-9)
-            log(f"list send: {msgs_per_s:.0f} msgs/s before the kill")
+            log(f"list send: {msgs_per_s:.0f} msgs/s before the kill (worker CPU {worker_cpu:.0%}, sink {sink_cpu:.0%})")
             runs = 0
             while Delivery.objects.filter(send_id=send.pk, status="queued").exists():
                 runs += 1
@@ -332,6 +350,10 @@ def main() -> None:
                 "in_doubt": len(in_doubt),
                 "missing_not_in_doubt": len(expected - set(received) - in_doubt),
                 "connections": args.connections,
+                "ratio": round(msgs_per_s / raw_per_s, 2),
+                "worker_cpu": round(worker_cpu, 2),
+                "sink_cpu": round(sink_cpu, 2),
+                "raw_sink_cpu": round(raw_sink_cpu, 2),
                 "database": vendor,
                 "send_status": EmailSend.objects.get(pk=send.pk).status,
             }

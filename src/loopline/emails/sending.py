@@ -7,9 +7,11 @@ each socket. A worker killed before that commit leaves rows QUEUED whose message
 discards them), so they are sent again by the next worker; after the commit a row is never sent again.
 The only window left is the few microseconds between the commit and the "." syscalls.
 
-Threads of one worker: the engine thread owns the database (claims, the prospects of a claimed batch, the commit
-point, ledger updates) and mostly sleeps until a connection asks for its commit point; a render thread merges the
-claimed batches (no database access) into a small bounded queue; N connection threads talk SMTP.
+With Django's own SMTP backend the engine is ``async_engine`` (one thread, one event loop, same ledger rules). The
+thread engine here serves SMTP backend subclasses and ``LOOPLINE_EMAIL_ENGINE=threads``. Its threads: the engine
+thread owns the database (claims, the prospects of a claimed batch, the commit point, ledger updates) and mostly
+sleeps until a connection asks for its commit point; a render thread merges the claimed batches (no database access)
+into a small bounded queue; N connection threads talk SMTP.
 
 Other Django backends (anymail providers, locmem) have no such split: a row is committed just before the call.
 """
@@ -35,12 +37,12 @@ from dataclasses import dataclass, field
 from email.header import Header
 from email.utils import format_datetime, formataddr, make_msgid
 from quopri import encodestring
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, mailers
 from django.core.mail.backends.smtp import EmailBackend as DjangoSMTPBackend
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from loopline.platform.queues import claim_due
@@ -360,7 +362,29 @@ class Progress:
 # A renderer loads what a batch of claimed rows needs (one query per kind of data) and then yields one rendered
 # message (or an early result: skipped, failed to render) per row, lazily, so the engine can interleave rendering
 # with the commit point of messages already on the wire.
-RenderBatch = Callable[[list[Delivery]], Iterator[Outgoing | Result]]
+RenderBatch = Callable[[list["LedgerRow"]], Iterator[Outgoing | Result]]
+
+
+class LedgerRow(Protocol):
+    """What rendering needs of a claimed ledger row (a ``Delivery``, or the lighter ``Claimed``)."""
+
+    @property
+    def pk(self) -> Any: ...
+    @property
+    def prospect_id(self) -> int | None: ...
+    @property
+    def address(self) -> str: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Claimed:
+    """A claimed row as the engine needs it: building a Django model instance per row costs more than the claim."""
+
+    pk: int
+    prospect_id: int | None
+    address: str
+
+
 FlushResults = Callable[[list[Result]], None]
 
 
@@ -386,7 +410,11 @@ def _commit(ids: list[int], owner: str) -> set[int]:
     )
 
 
-def claim(send_id: int, limit: int, lease_seconds: float) -> tuple[list[Delivery], str]:
+def claim(send_id: int, limit: int, lease_seconds: float) -> tuple[list[LedgerRow], str]:
+    """Lease up to ``limit`` due rows of the send under a fresh owner token (``claim_due``'s semantics: oldest due
+    first, attempts + 1, safe with concurrent workers)."""
+    if connection.vendor == "postgresql" or (connection.vendor == "sqlite" and _sqlite_returning()):
+        return _claim_returning(send_id, limit, lease_seconds)
     rows = claim_due(
         Delivery.objects.filter(send_id=send_id, status=Delivery.Status.QUEUED),
         limit=limit,
@@ -398,7 +426,45 @@ def claim(send_id: int, limit: int, lease_seconds: float) -> tuple[list[Delivery
     Delivery.objects.filter(pk__in=[r.pk for r in rows], locked_until=rows[0].locked_until).update(
         owner=owner
     )
-    return rows, owner
+    claimed: list[LedgerRow] = list(rows)
+    return claimed, owner
+
+
+def _sqlite_returning() -> bool:
+    import sqlite3
+
+    return sqlite3.sqlite_version_info >= (3, 35, 0)
+
+
+def _claim_returning(send_id: int, limit: int, lease_seconds: float) -> tuple[list[LedgerRow], str]:
+    # One statement instead of a transaction of three and full model rows: the engine claims while every
+    # connection waits, so the claim's cost is paid by all of them.
+    now = timezone.now()
+    meta = Delivery._meta
+    qn = connection.ops.quote_name
+    col = {name: qn(str(meta.get_field(name).column))  # type: ignore[union-attr]
+           for name in ("send", "status", "next_run_at", "locked_until", "attempts", "owner", "prospect", "address")}
+    stamp = meta.get_field("locked_until").get_db_prep_value  # type: ignore[union-attr]
+    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    table, pk = qn(meta.db_table), qn(str(meta.pk.column))  # type: ignore[union-attr]
+    owner = uuid.uuid4().hex
+    until = now + dt.timedelta(seconds=lease_seconds)
+    sql = (
+        f"UPDATE {table} SET {col['locked_until']} = %s, {col['attempts']} = {col['attempts']} + 1, "
+        f"{col['owner']} = %s WHERE {pk} IN (SELECT {pk} FROM {table} WHERE {col['send']} = %s "
+        f"AND {col['status']} = %s AND {col['next_run_at']} IS NOT NULL AND {col['next_run_at']} <= %s "
+        f"AND ({col['locked_until']} IS NULL OR {col['locked_until']} <= %s) "
+        f"ORDER BY {col['next_run_at']}, {pk} LIMIT %s{lock}) "
+        f"RETURNING {pk}, {col['prospect']}, {col['address']}"
+    )
+    params = [stamp(until, connection), owner, send_id, Delivery.Status.QUEUED.value, stamp(now, connection),
+              stamp(now, connection), limit]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = sorted(cursor.fetchall())
+    if not found:
+        return [], ""
+    return [Claimed(pk_, pid, address) for pk_, pid, address in found], owner
 
 
 def is_smtp_backend(backend: Any) -> bool:
@@ -432,6 +498,13 @@ def run_engine(
         return _run_generic(
             send_id, probe, render_batch, flush, batch_size, lease_seconds, limiter, out_of_time
         )
+    from . import async_engine
+
+    if async_engine.usable(probe):
+        return async_engine.LoopEngine(
+            send_id, probe, render_batch, flush, connections=connections, batch_size=batch_size,
+            lease_seconds=lease_seconds, limiter=limiter, out_of_time=out_of_time,
+        ).run()
     return _run_smtp(
         send_id, render_batch, flush, connections, batch_size, lease_seconds, limiter, out_of_time
     )

@@ -38,7 +38,7 @@ def _key(secret: str) -> bytes:
 
 
 def _mac(payload: bytes, secret: str | None = None) -> bytes:
-    return hmac.new(_key(secret or settings.SECRET_KEY), payload, hashlib.sha256).digest()[:_MAC]
+    return hmac.digest(_key(secret or settings.SECRET_KEY), payload, "sha256")[:_MAC]  # one-shot: no HMAC object
 
 
 def make(kind: str, *, bu_id: int, prospect_id: int, send_id: int = 0) -> str:
