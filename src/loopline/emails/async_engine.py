@@ -41,9 +41,9 @@ from .sending import (
     RateLimiter,
     RenderBatch,
     Result,
-    _commit,
     _relax_commit_durability,
     claim,
+    commit_and_complete,
     setting,
 )
 
@@ -505,15 +505,20 @@ class LoopEngine:
                     waiter.set_exception(smtplib.SMTPServerDisconnected(f"Connection lost: {client.lost}"))
                     continue
                 by_owner.setdefault(m.owner, []).append(m.delivery_id)
+            clients = {m.delivery_id: client for m, client, _waiter in ready}
+
+            def complete(ours: set[int]) -> None:
+                # Commit point passed: complete the messages on the wire right away (a broken connection shows
+                # when its coroutine reads the reply).
+                for delivery_id in ours:
+                    client = clients.get(delivery_id)
+                    if client is not None and client.transport is not None:
+                        with contextlib.suppress(Exception):
+                            client.transport.write(b"." + CRLF)
+                        client.awaiting = True
+
             for owner, ids in by_owner.items():
-                committed |= _commit(ids, owner)
-            # Commit point passed: complete the messages on the wire right away (a broken connection shows when
-            # its coroutine reads the reply).
-            for m, client, _waiter in ready:
-                if m.delivery_id in committed and client.transport is not None:
-                    with contextlib.suppress(Exception):
-                        client.transport.write(b"." + CRLF)
-                    client.awaiting = True
+                committed |= commit_and_complete(ids, owner, complete)
         for m, _client, waiter in ready:
             if not waiter.done():
                 waiter.set_result(m.delivery_id in committed)

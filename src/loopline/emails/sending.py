@@ -410,6 +410,71 @@ def _commit(ids: list[int], owner: str) -> set[int]:
     )
 
 
+def commit_and_complete(ids: list[int], owner: str, complete: Callable[[set[int]], None]) -> set[int]:
+    """The commit point, then ``complete(ours)`` — writing the final dots of the rows that are still ours.
+
+    On PostgreSQL the dots go out between sending ``COMMIT`` and reading its reply (:func:`_commit_pipelined`);
+    elsewhere (SQLite commits locally, in microseconds) after the commit returns."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        ours = _commit(ids, owner)
+        complete(ours)
+        return ours
+    return _commit_pipelined(ids, owner, complete)
+
+
+def _commit_pipelined(ids: list[int], owner: str, complete: Callable[[set[int]], None]) -> set[int]:
+    """A SIGKILL between a commit becoming durable and the final dots leaves committed messages the server never
+    completed: lost. Waiting for the COMMIT's reply before writing the dots made that window a database round trip.
+    Here the rows are marked (and locked) in a transaction, COMMIT is sent, the dots are written, and only then is the
+    reply read: the window is the few microseconds between two writes. If the COMMIT itself failed (a database server
+    failure, not a killed worker) the messages were sent but stay queued: sent again later, never lost — the trade
+    docs/decisions/0004 already makes."""
+    import select
+
+    from django.db import DatabaseError
+    from psycopg import pq
+
+    table = connection.ops.quote_name(Delivery._meta.db_table)
+    marks = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN")
+        try:
+            cursor.execute(
+                f"UPDATE {table} SET status = %s, next_run_at = NULL, locked_until = NULL "
+                f"WHERE owner = %s AND status = %s AND id IN ({marks}) RETURNING id",
+                [Delivery.Status.COMMITTED.value, owner, Delivery.Status.QUEUED.value, *ids],
+            )
+            ours = {int(row[0]) for row in cursor.fetchall()}
+        except BaseException:
+            with contextlib.suppress(Exception):  # a broken connection has no transaction left to roll back
+                cursor.execute("ROLLBACK")
+            raise
+    pgconn = connection.connection.pgconn
+
+    def wait(writing: bool) -> None:
+        fd = pgconn.socket
+        select.select([] if writing else [fd], [fd] if writing else [], [], 30.0)
+
+    pgconn.send_query(b"COMMIT")
+    while pgconn.flush():  # 1 while bytes remain (a non-blocking connection)
+        wait(writing=True)
+    complete(ours)
+    failure = ""
+    while True:
+        pgconn.consume_input()
+        while pgconn.is_busy():
+            wait(writing=False)
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            break
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            failure = (result.error_message or b"").decode("utf-8", "replace") or "COMMIT failed"
+    if failure:
+        raise DatabaseError(failure)
+    return ours
+
+
 def claim(send_id: int, limit: int, lease_seconds: float) -> tuple[list[LedgerRow], str]:
     """Lease up to ``limit`` due rows of the send under a fresh owner token (``claim_due``'s semantics: oldest due
     first, attempts + 1, safe with concurrent workers)."""

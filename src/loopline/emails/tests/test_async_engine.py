@@ -412,3 +412,32 @@ def test_a_big_list_send_refreshes_planner_statistics(monkeypatch, bu, marketing
     send = services.create_list_send(marketing_access, make_email(), [pl.pk])
     assert services.start_send(send.pk) == 3
     assert len(calls) == 1  # ANALYZE on PostgreSQL, nothing on SQLite; either way it runs without error
+
+
+@pytest.mark.django_db(transaction=True)  # the engine commits for real: no test transaction around it
+def test_on_postgresql_the_final_dots_go_out_before_the_commit_reply_is_read(bu, make_email, make_prospects):
+    # [M29] the commit point's crash window: the dots are written between sending COMMIT and reading its reply.
+    from django.db import connection
+
+    from loopline.emails import sending
+    from loopline.emails.models import Delivery
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the pipelined commit point is PostgreSQL's (SQLite commits locally)")
+    from psycopg import pq
+
+    send = _queue(bu, make_email(), make_prospects(4), key="pipelined")
+    rows, owner = sending.claim(send.pk, 3, 60)
+    other = Delivery.objects.filter(send=send).exclude(pk__in=[r.pk for r in rows]).first()
+    seen: dict = {}
+
+    def complete(ours: set[int]) -> None:
+        seen["ours"] = ours
+        seen["status"] = connection.connection.pgconn.transaction_status  # COMMIT sent, its reply not read yet
+
+    ids = [r.pk for r in rows] + [other.pk]  # a row this worker does not own is never committed nor completed
+    assert sending.commit_and_complete(ids, owner, complete) == {r.pk for r in rows}
+    assert seen == {"ours": {r.pk for r in rows}, "status": pq.TransactionStatus.ACTIVE}
+    assert connection.connection.pgconn.transaction_status == pq.TransactionStatus.IDLE
+    assert set(Delivery.objects.filter(pk__in=[r.pk for r in rows]).values_list("status", flat=True)) == {"committed"}
+    assert Delivery.objects.get(pk=other.pk).status == "queued"
