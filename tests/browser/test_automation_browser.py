@@ -48,7 +48,10 @@ def test_build_a_dynamic_list_and_see_members(live_server, browser, monkeypatch)
         with page.expect_response(lambda r: "criteria/builder" in r.url
                                   and r.request.headers.get("hx-source") == source):
             action()
-        page.wait_for_timeout(150)
+        # The response is not the redraw: on a loaded machine the swap can land later, and typing into (or clicking)
+        # the old builder meanwhile is lost. Wait until htmx has swapped and settled everything in flight.
+        page.wait_for_function("() => !document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')")
+        page.wait_for_timeout(50)
 
     page.goto(f"{live_server.url}/automation/lists/")
     page.get_by_role("link", name="New dynamic list").click()
