@@ -19,12 +19,13 @@ def test_tables_are_analyzed_each_time_the_load_doubles():
     if connection.vendor != "postgresql":
         pytest.skip("ANALYZE statistics are PostgreSQL's")
     table = "prospects_prospect"
+    before = _last_analyzed(table)  # other tests (a big email send) may have analyzed it already
     analyzer = GrowthAnalyzer(table, first=3)
     analyzer.added(2)
-    assert _last_analyzed(table) is None
+    assert _last_analyzed(table) == before
     analyzer.added(2)  # 4 rows: past the first threshold
     first = _last_analyzed(table)
-    assert first is not None and analyzer.next_at == 8
+    assert first is not None and (before is None or first > before) and analyzer.next_at == 8
     analyzer.added(3)  # 7 < 8: not yet
     assert _last_analyzed(table) == first
     analyzer.added(1)
