@@ -99,22 +99,28 @@ def _import_loop():
     return import_from_crm
 
 
-def running_import(connector: Connector) -> Job | None:
+def _require_admin(access: Access, connector: Connector) -> None:
+    if not access.can("connector.edit"):  # [R5]
+        raise PermissionDenied("Only administrators can manage the CRM connector")
+    if connector.bu_id != access.bu.pk:
+        raise PermissionDenied("Not in your business unit")
+
+
+def _running(connector: Connector, kind: str) -> Job | None:
     return (
-        Job.objects.filter(
-            bu_id=connector.bu_id, kind=JOB_KIND, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]
-        )
+        Job.objects.filter(bu_id=connector.bu_id, kind=kind, status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
         .order_by("-created_at")
         .first()
     )
 
 
+def running_import(connector: Connector) -> Job | None:
+    return _running(connector, JOB_KIND)
+
+
 @transaction.atomic
 def start_initial_import(access: Access, connector: Connector) -> Job:
-    if not access.can("connector.edit"):  # [R5]
-        raise PermissionDenied("Only administrators can manage the CRM connector")
-    if connector.bu_id != access.bu.pk:
-        raise PermissionDenied("Not in your business unit")
+    _require_admin(access, connector)
     if not connector.last_verified_at:
         raise ValidationError("Verify the connection before importing from the CRM")
     existing = running_import(connector)
@@ -160,10 +166,7 @@ def run_initial_import(connector_id: int, job_id: int) -> None:
 def fetch_one(access: Access, connector: Connector, crm_id: str):
     """ "Fetch one CRM record now" on the status page: one lead/contact by id, paused or not ([R3]); audited.
     Returns the sync core's ``ManualResult`` (``ok``, ``message``, ``prospect_id``)."""
-    if not access.can("connector.edit"):  # [R5]
-        raise PermissionDenied("Only administrators can manage the CRM connector")
-    if connector.bu_id != access.bu.pk:
-        raise PermissionDenied("Not in your business unit")
+    _require_admin(access, connector)
     crm_id = (crm_id or "").strip()
     if len(crm_id) not in (15, 18) or not crm_id.isalnum():
         raise ValidationError("Enter a lead or contact id (15 or 18 letters and digits, e.g. 00Q… or 003…)")
@@ -201,23 +204,14 @@ def eligible_prospects(connector: Connector):
 
 
 def running_export(connector: Connector) -> Job | None:
-    return (
-        Job.objects.filter(
-            bu_id=connector.bu_id, kind=EXPORT_KIND, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]
-        )
-        .order_by("-created_at")
-        .first()
-    )
+    return _running(connector, EXPORT_KIND)
 
 
 @transaction.atomic
 def start_initial_export(access: Access, connector: Connector) -> Job:
     """Send the prospects that already exist in Loopline to the CRM once: a job whose task queues one outbox entry per
     eligible prospect; the ordinary push sends them. Starting it while one runs returns the running one."""
-    if not access.can("connector.edit"):  # [R5]
-        raise PermissionDenied("Only administrators can manage the CRM connector")
-    if connector.bu_id != access.bu.pk:
-        raise PermissionDenied("Not in your business unit")
+    _require_admin(access, connector)
     if not connector.last_verified_at:
         raise ValidationError("Verify the connection before sending prospects to the CRM")
     # The connector's row lock serialises two admins pressing the button at once: one export per connector.

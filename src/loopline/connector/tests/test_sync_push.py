@@ -219,16 +219,22 @@ def _linked_lead(connector, crm, bu, admin_user, unique, **fields):
     return p
 
 
-def test_a_write_whose_answer_was_lost_does_not_come_back_as_a_crm_change(connector, crm, bu, admin_user, unique):
-    # [R24], [R25] the CRM applies an update but its answer is lost. The connector user's write must still be
-    # recognised as our own echo: a later Loopline edit of the same field wins, not the value we wrote before.
+def _manager_written_answer_lost(connector, crm, bu, admin_user, unique) -> Prospect:
+    """A linked lead whose title change to "Manager" the CRM applied while its answer to the push was lost."""
     p = _linked_lead(connector, crm, bu, admin_user, unique, job_title="Analyst")
     prospects.update_prospect(p, {"job_title": "Manager"})
     crm.faults(error_rates={"LOST_RESPONSE": 1}, writes_only=True)
     push.drain(connector)
     crm.faults(reset=True)
-    assert crm.get("Lead", p.crm_lead_id)["Title"] == "Manager"  # applied, though we never heard so
     p.refresh_from_db()
+    return p
+
+
+def test_a_write_whose_answer_was_lost_does_not_come_back_as_a_crm_change(connector, crm, bu, admin_user, unique):
+    # [R24], [R25] the CRM applies an update but its answer is lost. The connector user's write must still be
+    # recognised as our own echo: a later Loopline edit of the same field wins, not the value we wrote before.
+    p = _manager_written_answer_lost(connector, crm, bu, admin_user, unique)
+    assert crm.get("Lead", p.crm_lead_id)["Title"] == "Manager"  # applied, though we never heard so
     prospects.update_prospect(p, {"job_title": "Director"})
     OutboxEntry.objects.filter(prospect=p, status=OutboxEntry.Status.PENDING).update(next_run_at=timezone.now())
     sync(connector, rounds=2)
@@ -240,12 +246,7 @@ def test_a_write_whose_answer_was_lost_does_not_come_back_as_a_crm_change(connec
 def test_a_lost_write_then_a_poll_before_the_retry_keeps_the_later_loopline_edit(connector, crm, bu, admin_user,
                                                                                   unique):
     # [R24] as above, but the poll reads the connector user's write before the push is retried.
-    p = _linked_lead(connector, crm, bu, admin_user, unique, job_title="Analyst")
-    prospects.update_prospect(p, {"job_title": "Manager"})
-    crm.faults(error_rates={"LOST_RESPONSE": 1}, writes_only=True)
-    push.drain(connector)
-    crm.faults(reset=True)
-    p.refresh_from_db()
+    p = _manager_written_answer_lost(connector, crm, bu, admin_user, unique)
     prospects.update_prospect(p, {"job_title": "Director"})
     connector.refresh_from_db()
     from loopline.connector.sync import pull
